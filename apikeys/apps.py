@@ -1,0 +1,15 @@
+from django.apps import AppConfig
+
+
+class APIKeysConfig(AppConfig):
+    name = "apikeys"
+    verbose_name = "API keys"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from django.core.signals import setting_changed
+
+        from . import checks  # noqa: F401  (registers the system checks)
+        from .conf import clear_config_cache
+
+        setting_changed.connect(clear_config_cache, dispatch_uid="apikeys.clear_config_cache")

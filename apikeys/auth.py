@@ -1,0 +1,109 @@
+"""Authenticate requests by API key and check their scopes; one core for DRF and plain views."""
+
+from functools import wraps
+
+from django.utils import timezone
+
+from . import ratelimit, tokens
+from .asyncdb import run_in_short_session
+from .conf import get_config
+from .exceptions import (
+    APIError,
+    ExpiredAPIKey,
+    InsufficientScope,
+    InvalidAPIKey,
+    RevokedAPIKey,
+)
+from .models import APIKey
+from .responses import error_response
+
+BEARER = "bearer "
+
+
+def raw_key_from(request):
+    """Return the key sent in ``X-API-Key`` or ``Authorization: Bearer``, or None."""
+    key = request.headers.get("X-API-Key")
+    if key:
+        return key.strip()
+    authorization = request.headers.get("Authorization", "")
+    if authorization[: len(BEARER)].lower() == BEARER:
+        return authorization[len(BEARER) :].strip()
+    return None
+
+
+def find_key(raw):
+    """Return the usable ``APIKey`` for a raw key or raise the matching ``APIError``."""
+    mode = tokens.mode_of(raw or "")
+    if mode is None or (mode == APIKey.Mode.TEST and not get_config()["ACCEPT_TEST_KEYS"]):
+        raise InvalidAPIKey
+    stored = tokens.digest(raw)
+    key = APIKey.objects.select_related("owner").filter(key_hash=stored).first()
+    if key is None or not tokens.matches(raw, key.key_hash) or not key.owner.is_active:
+        raise InvalidAPIKey
+    if key.revoked_at is not None:
+        raise RevokedAPIKey
+    if key.expires_at is not None and key.expires_at <= timezone.now():
+        raise ExpiredAPIKey
+    return key
+
+
+def authenticate(request):
+    """Authenticate ``request`` and count it against the key's rate limits.
+
+    Set ``request.api_key`` and ``request.rate_limit`` and return the key; raise an
+    ``APIError`` when the key is missing, unknown, revoked, expired or over its limit.
+    """
+    key = find_key(raw_key_from(request))
+    request.api_key = key
+    key.record_use(request.META.get("REMOTE_ADDR"))
+    request.rate_limit = ratelimit.hit(key)
+    return key
+
+
+async def aauthenticate(request):
+    """``authenticate()`` for async views: no request-bound thread or connection is held."""
+    return await run_in_short_session(authenticate, request)
+
+
+def check_scopes(key, required):
+    """Raise ``InsufficientScope`` unless ``key`` holds every scope in ``required``."""
+    held = set(key.scopes)
+    missing = [scope for scope in required if scope not in held]
+    if missing:
+        raise InsufficientScope(
+            f"This API key lacks the scope{'s' if len(missing) > 1 else ''} {', '.join(missing)}.",
+            details={
+                "required_scopes": list(required),
+                "missing_scopes": missing,
+                "your_scopes": list(key.scopes),
+            },
+        )
+
+
+async def key_is_usable(key):
+    """Return whether ``key`` still authenticates (not revoked, not expired, still exists)."""
+
+    def fetch():
+        return APIKey.objects.active().filter(pk=key.pk, owner__is_active=True).exists()
+
+    return await run_in_short_session(fetch)
+
+
+def scopes_required(*scopes):
+    """Decorate an async view: authenticate by API key, require ``scopes``, answer errors
+    in the contract's envelope."""
+
+    def decorator(view):
+        @wraps(view)
+        async def wrapper(request, *args, **kwargs):
+            try:
+                key = await aauthenticate(request)
+                check_scopes(key, scopes)
+                return await view(request, *args, **kwargs)
+            except APIError as error:
+                return error_response(request, error)
+
+        wrapper.required_scopes = scopes
+        return wrapper
+
+    return decorator

@@ -1,0 +1,51 @@
+"""System checks for the executions app."""
+
+from django.conf import settings
+from django.core.checks import Error, Tags, Warning, register
+
+from .conf import get_config
+
+IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
+
+
+@register(Tags.compatibility, deploy=True)
+def check_channel_layer(app_configs, **kwargs):
+    alias = get_config()["CHANNEL_LAYER"]
+    layers = getattr(settings, "CHANNEL_LAYERS", {})
+    if alias not in layers:
+        return [
+            Error(
+                f"CHANNEL_LAYERS has no {alias!r} layer, so no stream receives live events.",
+                hint="Configure channels_redis.core.RedisChannelLayer (or set "
+                "EXECUTIONS['CHANNEL_LAYER'] to an alias that exists).",
+                id="executions.E001",
+            )
+        ]
+    if layers[alias].get("BACKEND") == IN_MEMORY_LAYER and not settings.DEBUG:
+        return [
+            Warning(
+                "The in-memory channel layer is used while DEBUG is off: events recorded in "
+                "another process reach streams only by polling the database.",
+                hint="Use channels_redis.core.RedisChannelLayer in production (set REDIS_URL "
+                "on the demo site).",
+                id="executions.W001",
+            )
+        ]
+    return []
+
+
+@register(Tags.database)
+def check_sqlite_transaction_mode(app_configs, **kwargs):
+    database = settings.DATABASES.get("default", {})
+    if database.get("ENGINE") != "django.db.backends.sqlite3":
+        return []
+    if database.get("OPTIONS", {}).get("transaction_mode") == "IMMEDIATE":
+        return []
+    return [
+        Warning(
+            "SQLite without transaction_mode IMMEDIATE: two processes recording events for "
+            "one execution can fail with 'database is locked'.",
+            hint="Set DATABASES['default']['OPTIONS']['transaction_mode'] = 'IMMEDIATE'.",
+            id="executions.W002",
+        )
+    ]

@@ -1,0 +1,37 @@
+"""The app's settings: one ``EXECUTIONS`` dict in the host's settings, merged over defaults."""
+
+from functools import cache
+
+from django.conf import settings
+
+CONFIG_DEFAULTS = {
+    # Seconds of silence after which a stream sends ": keepalive" and re-checks its key.
+    "KEEPALIVE_INTERVAL": 15.0,
+    # The SSE "retry:" a client waits before reconnecting, in milliseconds.
+    "RETRY_MS": 3000,
+    # Channel layer alias and group-name prefix for the per-execution groups.
+    "CHANNEL_LAYER": "default",
+    "GROUP_PREFIX": "executions.",
+    # How often a process checks the log for events its channel layer did not bring
+    # (seconds). None: 0.5 s on the in-memory layer, which cannot hear other processes,
+    # and the keepalive interval on any other layer.
+    "POLL_INTERVAL": None,
+    # Events read from the log per query when replaying or filling a gap.
+    "REPLAY_BATCH_SIZE": 500,
+    # Events a slow stream may have queued before it is closed (the client reconnects
+    # with Last-Event-ID and resumes from the log).
+    "STREAM_QUEUE_SIZE": 1000,
+}
+
+
+@cache
+def get_config():
+    """Return the effective ``EXECUTIONS`` settings."""
+    config = CONFIG_DEFAULTS.copy()
+    config.update(getattr(settings, "EXECUTIONS", {}))
+    return config
+
+
+def clear_config_cache(*, setting, **kwargs):
+    if setting == "EXECUTIONS":
+        get_config.cache_clear()
