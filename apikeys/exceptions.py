@@ -4,6 +4,9 @@ from rest_framework import status
 from rest_framework.exceptions import APIException
 
 
+WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="api"'}
+
+
 class APIError(APIException):
     """An error answered with the contract's envelope."""
 
@@ -11,12 +14,14 @@ class APIError(APIException):
     default_code = "validation_error"
     default_detail = "The request is not valid."
 
+    default_headers = {}
+
     def __init__(self, message=None, details=None, headers=None):
         super().__init__(message or self.default_detail, self.default_code)
         self.code = self.default_code
         self.message = str(self.detail)
         self.details = details
-        self.headers = headers or {}
+        self.headers = {**self.default_headers, **(headers or {})}
 
 
 class ValidationError(APIError):
@@ -25,18 +30,21 @@ class ValidationError(APIError):
 
 class InvalidAPIKey(APIError):
     status_code = status.HTTP_401_UNAUTHORIZED
+    default_headers = WWW_AUTHENTICATE
     default_code = "invalid_api_key"
     default_detail = "A valid API key is required."
 
 
 class ExpiredAPIKey(APIError):
     status_code = status.HTTP_401_UNAUTHORIZED
+    default_headers = WWW_AUTHENTICATE
     default_code = "expired_api_key"
     default_detail = "This API key has expired."
 
 
 class RevokedAPIKey(APIError):
     status_code = status.HTTP_401_UNAUTHORIZED
+    default_headers = WWW_AUTHENTICATE
     default_code = "revoked_api_key"
     default_detail = "This API key has been revoked."
 

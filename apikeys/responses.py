@@ -37,10 +37,15 @@ def error_body(request, error):
     return {"error": body, "meta": meta(request)}
 
 
+def json_bytes(data):
+    """Encode ``data`` as compact JSON, as DRF's renderer does."""
+    return json.dumps(data, cls=DjangoJSONEncoder, separators=(",", ":")).encode()
+
+
 def error_response(request, error):
     """Return a plain Django response for an ``APIError``, for views outside DRF."""
     response = HttpResponse(
-        json.dumps(error_body(request, error), cls=DjangoJSONEncoder),
+        json_bytes(error_body(request, error)),
         status=error.status_code,
         content_type="application/json",
     )
