@@ -1,5 +1,8 @@
 """Authenticate requests by API key and check their scopes; one core for DRF and plain views."""
 
+import asyncio
+import time
+import weakref
 from functools import wraps
 
 from django.utils import timezone
@@ -80,13 +83,46 @@ def check_scopes(key, required):
         )
 
 
-async def key_is_usable(key):
-    """Return whether ``key`` still authenticates (not revoked, not expired, still exists)."""
+class KeyStatusCache:
+    """Whether keys still authenticate, per event loop, each answer reused for ``max_age``.
 
-    def fetch():
-        return APIKey.objects.active().filter(pk=key.pk, owner__is_active=True).exists()
+    Thousands of streams opened with one key ask at about the same time; they share one
+    query, and a revoked key is still noticed within ``max_age``.
+    """
 
-    return await run_in_short_session(fetch)
+    def __init__(self):
+        self.checks = weakref.WeakKeyDictionary()  # loop -> {key pk: (checked_at, task)}
+
+    async def usable(self, key, max_age):
+        checks = self.checks.setdefault(asyncio.get_running_loop(), {})
+        now = time.monotonic()
+        checked = checks.get(key.pk)
+        if checked is None or now - checked[0] > max_age:
+            checked = checks[key.pk] = (
+                now,
+                asyncio.ensure_future(
+                    run_in_short_session(
+                        lambda: (
+                            APIKey.objects.active()
+                            .filter(pk=key.pk, owner__is_active=True)
+                            .exists()
+                        )
+                    )
+                ),
+            )
+        try:
+            return await asyncio.shield(checked[1])
+        except Exception:
+            checks.pop(key.pk, None)
+            raise
+
+
+_key_status = KeyStatusCache()
+
+
+async def key_is_usable(key, max_age=0.0):
+    """Return whether ``key`` still authenticates: not revoked, not expired, owner active."""
+    return await _key_status.usable(key, max_age)
 
 
 def scopes_required(*scopes):

@@ -3,7 +3,6 @@
 from rest_framework import status
 from rest_framework.exceptions import APIException
 
-
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="api"'}
 
 

@@ -13,7 +13,7 @@ CONFIG_DEFAULTS = {
     "CHANNEL_LAYER": "default",
     "GROUP_PREFIX": "executions.",
     # How often a process checks the log for events its channel layer did not bring
-    # (seconds). None: 0.5 s on the in-memory layer, which cannot hear other processes,
+    # (seconds). None: 0.25 s on the in-memory layer, which cannot hear other processes,
     # and the keepalive interval on any other layer.
     "POLL_INTERVAL": None,
     # Events read from the log per query when replaying or filling a gap.

@@ -1,7 +1,7 @@
 import os
 
-from django.core.asgi import get_asgi_application
-
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "flowmaestro.settings")
+
+from executions.asgi import get_asgi_application
 
 application = get_asgi_application()

@@ -1,0 +1,231 @@
+"""Per-process fan-out of execution events to the streams open in this process.
+
+However many streams watch one execution, a process joins that execution's channel-layer
+group once, through a single channel that one task receives from. Each watched execution
+(a ``Topic``) hands its events, in sequence order and without gaps, to its streams'
+queues: an event the layer did not bring (dropped over capacity, lost in a Redis restart,
+sent in a process whose in-memory layer this one cannot hear) is read from the log first.
+"""
+
+import asyncio
+import logging
+import weakref
+from dataclasses import dataclass
+
+from channels.layers import InMemoryChannelLayer, get_channel_layer
+
+from apikeys.asyncdb import run_in_short_session
+
+from .conf import get_config
+from .events import MESSAGE_TYPE, TERMINAL_EVENTS, group_name
+from .models import Event, Execution
+
+logger = logging.getLogger(__name__)
+
+RECEIVE_RETRY_DELAY = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One event as streams send it."""
+
+    seq: int
+    event: str
+    frame: bytes
+
+    @property
+    def is_terminal(self):
+        return self.event in TERMINAL_EVENTS
+
+
+OVERFLOW = Item(0, "overflow", b"")  # put in a queue its stream stopped draining
+
+
+def read_log(execution_id, after_seq, limit):
+    """Return up to ``limit`` logged events of an execution after ``after_seq``, as Items."""
+    from .events import frame
+
+    rows = (
+        Event.objects.filter(execution_id=execution_id, seq__gt=after_seq)
+        .order_by("seq")
+        .values_list("seq", "type", "data")[:limit]
+    )
+    return [Item(seq, event, frame(seq, event, data)) for seq, event, data in rows]
+
+
+async def aread_log(execution_id, after_seq, limit=None):
+    limit = limit or get_config()["REPLAY_BATCH_SIZE"]
+    return await run_in_short_session(read_log, execution_id, after_seq, limit)
+
+
+def poll_interval(layer):
+    configured = get_config()["POLL_INTERVAL"]
+    if configured is not None:
+        return configured
+    if isinstance(layer, InMemoryChannelLayer):
+        return 0.25
+    return get_config()["KEEPALIVE_INTERVAL"]
+
+
+class Topic:
+    """One execution watched by this process."""
+
+    def __init__(self, hub, execution_id):
+        self.hub, self.execution_id = hub, execution_id
+        self.group = group_name(execution_id)
+        self.queues = set()
+        self.inbox = asyncio.Queue()
+        self.last_seq = 0
+        self.ready = asyncio.Event()
+        self.task = asyncio.create_task(self.run(), name=f"executions-topic-{execution_id}")
+
+    async def run(self):
+        self.last_seq = await run_in_short_session(
+            lambda: (
+                Execution.objects.filter(pk=self.execution_id)
+                .values_list("last_seq", flat=True)
+                .first()
+                or 0
+            )
+        )
+        await self.hub.join(self.group)
+        self.ready.set()
+        interval = poll_interval(self.hub.layer)
+        while True:
+            try:
+                seq = await asyncio.wait_for(self.inbox.get(), interval)
+            except TimeoutError:
+                # Nothing heard: re-join (a restarted Redis forgot the group) and read the
+                # log for anything the layer did not bring.
+                await self.hub.join(self.group)
+                await self.catch_up()
+                continue
+            if seq > self.last_seq:
+                await self.catch_up()
+
+    async def catch_up(self):
+        """Deliver everything logged after ``last_seq``, in order."""
+        while True:
+            try:
+                items = await aread_log(self.execution_id, self.last_seq)
+            except Exception as exc:
+                logger.warning("Reading the log of %s failed: %r", self.execution_id, exc)
+                return
+            for item in items:
+                self.deliver(item)
+            if len(items) < get_config()["REPLAY_BATCH_SIZE"]:
+                return
+
+    def receive(self, item):
+        """Take an event from the channel layer: deliver it if it is next, else fill the gap."""
+        if item.seq == self.last_seq + 1 and self.inbox.empty():
+            self.deliver(item)
+        elif item.seq > self.last_seq:
+            self.inbox.put_nowait(item.seq)
+
+    def deliver(self, item):
+        if item.seq != self.last_seq + 1:
+            return
+        self.last_seq = item.seq
+        for queue in list(self.queues):
+            try:
+                queue.put_nowait(item)
+            except asyncio.QueueFull:
+                self.queues.discard(queue)
+                queue.get_nowait()
+                queue.put_nowait(OVERFLOW)
+
+    def close(self):
+        self.task.cancel()
+
+
+class Hub:
+    """This process's (this event loop's) subscriptions to the channel layer."""
+
+    def __init__(self, layer):
+        self.layer = layer
+        self.topics = {}
+        self.channel = None
+        self.receiver = None
+        self.joined = set()
+
+    async def subscribe(self, execution_id):
+        """Return a queue that gets the execution's events from now on, in order."""
+        topic = self.topics.get(execution_id)
+        if topic is None:
+            await self.ensure_receiver()
+            topic = self.topics[execution_id] = Topic(self, execution_id)
+        queue = asyncio.Queue(get_config()["STREAM_QUEUE_SIZE"])
+        topic.queues.add(queue)
+        await topic.ready.wait()
+        return queue
+
+    async def unsubscribe(self, execution_id, queue):
+        topic = self.topics.get(execution_id)
+        if topic is None:
+            return
+        topic.queues.discard(queue)
+        if topic.queues:
+            return
+        del self.topics[execution_id]
+        topic.close()
+        await self.leave(topic.group)
+        if not self.topics:
+            await self.stop_receiver()
+
+    async def ensure_receiver(self):
+        if self.receiver is None:
+            self.channel = await self.layer.new_channel(prefix="executions-fanout.")
+            self.receiver = asyncio.create_task(self.receive_forever(self.channel))
+
+    async def stop_receiver(self):
+        # Only cancelled once no execution is watched here, so a message the layer had
+        # already taken when receive() was cancelled is one nobody here wanted.
+        receiver, self.receiver, self.channel = self.receiver, None, None
+        self.joined.clear()
+        if receiver is not None:
+            receiver.cancel()
+
+    async def join(self, group):
+        try:
+            await self.layer.group_add(group, self.channel)
+            self.joined.add(group)
+        except Exception as exc:
+            logger.warning("Joining channel-layer group %s failed: %r", group, exc)
+
+    async def leave(self, group):
+        if group not in self.joined or self.channel is None:
+            return
+        self.joined.discard(group)
+        try:
+            await self.layer.group_discard(group, self.channel)
+        except Exception as exc:
+            logger.warning("Leaving channel-layer group %s failed: %r", group, exc)
+
+    async def receive_forever(self, channel):
+        while True:
+            try:
+                msg = await self.layer.receive(channel)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.warning("Channel layer receive failed, retrying: %r", exc)
+                await asyncio.sleep(RECEIVE_RETRY_DELAY)
+                continue
+            if msg.get("type") != MESSAGE_TYPE:
+                continue
+            topic = self.topics.get(msg["execution_id"])
+            if topic is not None:
+                topic.receive(Item(msg["seq"], msg["event"], msg["frame"].encode()))
+
+
+_hubs = weakref.WeakKeyDictionary()
+
+
+def get_hub():
+    """Return the running event loop's hub."""
+    loop = asyncio.get_running_loop()
+    hub = _hubs.get(loop)
+    if hub is None:
+        hub = _hubs[loop] = Hub(get_channel_layer(get_config()["CHANNEL_LAYER"]))
+    return hub

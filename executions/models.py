@@ -1,0 +1,116 @@
+import secrets
+
+from django.conf import settings
+from django.db import models
+
+
+def new_execution_id():
+    """Return a public execution id: ``exec_`` and 128 random bits, URL-safe."""
+    return f"exec_{secrets.token_urlsafe(16)}"
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+TERMINAL_STATUSES = frozenset({Status.COMPLETED, Status.FAILED, Status.CANCELLED})
+
+
+class Mode(models.TextChoices):
+    LIVE = "live", "Live"
+    TEST = "test", "Test"
+
+
+class ExecutionQuerySet(models.QuerySet):
+    def visible_to(self, api_key):
+        """Executions the key may see: its owner's, in its mode."""
+        return self.filter(owner_id=api_key.owner_id, mode=api_key.mode)
+
+
+class Execution(models.Model):
+    id = models.CharField(primary_key=True, max_length=40, default=new_execution_id, editable=False)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="executions"
+    )
+    mode = models.CharField(max_length=4, choices=Mode.choices, default=Mode.LIVE)
+    workflow_id = models.CharField(max_length=100, db_index=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    inputs = models.JSONField(default=dict, blank=True)
+    outputs = models.JSONField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)  # noqa: DJ001 (null is the contract's "no error")
+    total_nodes = models.PositiveIntegerField(null=True, blank=True)
+    # The sequence number of the last recorded event; the next event takes last_seq + 1.
+    last_seq = models.PositiveIntegerField(default=0, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = ExecutionQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["owner", "mode", "-created_at"], name="execution_owner_recent")
+        ]
+
+    def __str__(self):
+        return self.id
+
+    @property
+    def is_finished(self):
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def duration_ms(self):
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return round((self.completed_at - self.started_at).total_seconds() * 1000)
+
+
+class NodeRun(models.Model):
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="nodes")
+    node_id = models.CharField(max_length=100)
+    node_type = models.CharField(max_length=100)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    outputs = models.JSONField(null=True, blank=True)
+    error = models.TextField(null=True, blank=True)  # noqa: DJ001
+    started_at = models.DateTimeField()
+    completed_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["started_at", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["execution", "node_id"], name="noderun_once_per_execution"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.execution_id}/{self.node_id}"
+
+
+class Event(models.Model):
+    """One recorded event: the append-only log every stream replays from."""
+
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="events")
+    seq = models.PositiveIntegerField()
+    type = models.CharField(max_length=40)
+    # The event's JSON exactly as streams send it in "data:", encoded once at record time.
+    data = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["execution", "seq"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["execution", "seq"], name="event_seq_unique_per_execution"
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.execution_id}#{self.seq} {self.type}"

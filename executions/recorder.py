@@ -1,0 +1,272 @@
+"""The producer API: record an execution's state changes and events from any process.
+
+Every call writes its state change and its event row in one transaction, with the
+execution's next sequence number, and sends the event to the execution's channel-layer
+group only after that transaction commits. Sync methods have ``a``-prefixed async twins.
+
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_report", total_nodes=2)
+    recorder.start()
+    with recorder.node("fetch", "http") as node:
+        node.outputs = {"status": 200}
+    with recorder.node("summarise", "ai_chat") as node:
+        node.outputs = {"text": "..."}
+    recorder.complete({"summary": "..."})
+"""
+
+import contextlib
+from functools import partial
+
+from asgiref.sync import sync_to_async
+from django.db import transaction
+from django.utils import timezone
+
+from apikeys.responses import format_timestamp
+
+from . import events
+from .models import Event, Execution, NodeRun, Status
+from .publisher import message, publish
+
+
+class ExecutionFinished(Exception):
+    """Raised when recording into an execution that already had its terminal event."""
+
+    def __init__(self, execution):
+        self.execution_id, self.status = execution.id, execution.status
+        super().__init__(
+            f"Execution {execution.id} is already {execution.status}; nothing more is recorded."
+        )
+
+
+class NodeRecorder:
+    """Handle of a running node: set ``outputs`` before the ``with`` block ends."""
+
+    def __init__(self, node_id, node_type):
+        self.node_id, self.node_type = node_id, node_type
+        self.outputs = None
+
+
+class ExecutionRecorder:
+    """Record the life of one execution. Safe to use from several processes at once."""
+
+    def __init__(self, execution_id):
+        self.execution_id = getattr(execution_id, "pk", execution_id)
+        # The last node this recorder saw fail, for the execution:failed that may follow.
+        self.failed_node_id = None
+
+    @classmethod
+    def create(cls, *, owner, workflow_id, inputs=None, mode="live", total_nodes=None):
+        """Create a pending execution (no event yet) and return its recorder."""
+        execution = Execution.objects.create(
+            owner=owner,
+            workflow_id=workflow_id,
+            inputs=inputs or {},
+            mode=mode,
+            total_nodes=total_nodes,
+        )
+        return cls(execution.pk)
+
+    @classmethod
+    async def acreate(cls, **kwargs):
+        return await sync_to_async(cls.create)(**kwargs)
+
+    @property
+    def execution(self):
+        """Return the execution as it is now in the database."""
+        return Execution.objects.get(pk=self.execution_id)
+
+    def _record(self, event_type, change):
+        """Apply ``change(execution, now)`` and append its event, atomically.
+
+        ``change`` mutates the locked execution (and any node run) and returns the event's
+        fields. The event is sent to the channel layer once the outermost transaction
+        commits, so no stream ever sees an event that was rolled back.
+        """
+        with transaction.atomic():
+            execution = Execution.objects.select_for_update().get(pk=self.execution_id)
+            if execution.is_finished:
+                raise ExecutionFinished(execution)
+            now = timezone.now()
+            fields = change(execution, now)
+            execution.last_seq += 1
+            execution.save()
+            data = events.encode_data(event_type, execution.pk, fields)
+            Event.objects.create(
+                execution=execution, seq=execution.last_seq, type=event_type, data=data
+            )
+            msg = message(
+                execution.pk,
+                execution.last_seq,
+                event_type,
+                events.frame(execution.last_seq, event_type, data),
+            )
+            transaction.on_commit(partial(publish, msg))
+        return execution
+
+    def start(self):
+        """Move the execution from pending to running: ``execution:started``."""
+
+        def change(execution, now):
+            if execution.status != Status.PENDING:
+                raise ValueError(f"Execution {execution.pk} has already started.")
+            execution.status, execution.started_at = Status.RUNNING, now
+            return {"workflow_id": execution.workflow_id, "started_at": format_timestamp(now)}
+
+        return self._record(events.EXECUTION_STARTED, change)
+
+    def progress(self, *, completed_nodes, total_nodes=None, current_node=None, progress=None):
+        """Record ``execution:progress``; ``progress`` defaults to the completed share."""
+
+        def change(execution, now):
+            total = total_nodes if total_nodes is not None else execution.total_nodes
+            if total_nodes is not None:
+                execution.total_nodes = total_nodes
+            percent = progress
+            if percent is None:
+                percent = round(100 * completed_nodes / total) if total else 0
+            return {
+                "progress": max(0, min(100, percent)),
+                "current_node": current_node,
+                "completed_nodes": completed_nodes,
+                "total_nodes": total,
+            }
+
+        return self._record(events.EXECUTION_PROGRESS, change)
+
+    def start_node(self, node_id, node_type):
+        """Record ``node:started`` (``node()`` is the usual way in)."""
+
+        def change(execution, now):
+            if execution.status != Status.RUNNING:
+                raise ValueError(f"Execution {execution.pk} is {execution.status}, not running.")
+            NodeRun.objects.create(
+                execution=execution, node_id=node_id, node_type=node_type, started_at=now
+            )
+            return {"node_id": node_id, "node_type": node_type, "started_at": format_timestamp(now)}
+
+        return self._record(events.NODE_STARTED, change)
+
+    def _finish_node(self, node_id, status, outputs=None, error=None):
+        def change(execution, now):
+            run = NodeRun.objects.select_for_update().get(execution=execution, node_id=node_id)
+            run.status, run.completed_at = status, now
+            run.outputs, run.error = outputs, error
+            run.duration_ms = round((now - run.started_at).total_seconds() * 1000)
+            run.save()
+            fields = {"node_id": node_id, "node_type": run.node_type}
+            if status == Status.COMPLETED:
+                return {
+                    **fields,
+                    "outputs": outputs,
+                    "duration_ms": run.duration_ms,
+                    "completed_at": format_timestamp(now),
+                }
+            return {
+                **fields,
+                "error": error,
+                "duration_ms": run.duration_ms,
+                "failed_at": format_timestamp(now),
+            }
+
+        event_type = events.NODE_COMPLETED if status == Status.COMPLETED else events.NODE_FAILED
+        return self._record(event_type, change)
+
+    def complete_node(self, node_id, outputs=None):
+        """Record ``node:completed`` and, when the total is known, ``execution:progress``."""
+        self._finish_node(node_id, Status.COMPLETED, outputs=outputs)
+        execution = self.execution
+        if execution.total_nodes:
+            completed = execution.nodes.filter(status=Status.COMPLETED).count()
+            self.progress(completed_nodes=completed, current_node=node_id)
+
+    def fail_node(self, node_id, error):
+        """Record ``node:failed`` with the error message."""
+        self.failed_node_id = node_id
+        return self._finish_node(node_id, Status.FAILED, error=str(error) or type(error).__name__)
+
+    @contextlib.contextmanager
+    def node(self, node_id, node_type):
+        """Record a node around a block: started on entry, then completed with the handle's
+        ``outputs``, or failed with the exception's message (which propagates)."""
+        self.start_node(node_id, node_type)
+        handle = NodeRecorder(node_id, node_type)
+        try:
+            yield handle
+        except Exception as exc:
+            self.fail_node(node_id, exc)
+            raise
+        self.complete_node(node_id, handle.outputs)
+
+    def complete(self, outputs=None):
+        """Finish the execution successfully: ``execution:completed``."""
+
+        def change(execution, now):
+            execution.status, execution.completed_at = Status.COMPLETED, now
+            execution.outputs = outputs
+            return {
+                "status": Status.COMPLETED,
+                "outputs": outputs,
+                "duration_ms": execution.duration_ms,
+                "completed_at": format_timestamp(now),
+            }
+
+        return self._record(events.EXECUTION_COMPLETED, change)
+
+    def fail(self, error, node_id=None):
+        """Finish the execution as failed: ``execution:failed``."""
+
+        def change(execution, now):
+            execution.status, execution.completed_at = Status.FAILED, now
+            execution.error = str(error)
+            return {
+                "status": Status.FAILED,
+                "error": execution.error,
+                "node_id": node_id,
+                "completed_at": format_timestamp(now),
+            }
+
+        return self._record(events.EXECUTION_FAILED, change)
+
+    def cancel(self):
+        """Cancel a pending or running execution: ``execution:cancelled``."""
+
+        def change(execution, now):
+            execution.status, execution.completed_at = Status.CANCELLED, now
+            return {"status": Status.CANCELLED, "cancelled_at": format_timestamp(now)}
+
+        return self._record(events.EXECUTION_CANCELLED, change)
+
+    # Async twins: the same transactions, run off the event loop.
+    async def astart(self):
+        return await sync_to_async(self.start)()
+
+    async def aprogress(self, **kwargs):
+        return await sync_to_async(self.progress)(**kwargs)
+
+    async def astart_node(self, node_id, node_type):
+        return await sync_to_async(self.start_node)(node_id, node_type)
+
+    async def acomplete_node(self, node_id, outputs=None):
+        return await sync_to_async(self.complete_node)(node_id, outputs)
+
+    async def afail_node(self, node_id, error):
+        return await sync_to_async(self.fail_node)(node_id, error)
+
+    @contextlib.asynccontextmanager
+    async def anode(self, node_id, node_type):
+        await self.astart_node(node_id, node_type)
+        handle = NodeRecorder(node_id, node_type)
+        try:
+            yield handle
+        except Exception as exc:
+            await self.afail_node(node_id, exc)
+            raise
+        await self.acomplete_node(node_id, handle.outputs)
+
+    async def acomplete(self, outputs=None):
+        return await sync_to_async(self.complete)(outputs)
+
+    async def afail(self, error, node_id=None):
+        return await sync_to_async(self.fail)(error, node_id)
+
+    async def acancel(self):
+        return await sync_to_async(self.cancel)()

@@ -1,0 +1,140 @@
+"""``GET /api/v1/executions/:id/events``: an execution's events as server-sent events."""
+
+import asyncio
+import re
+import time
+
+from django.http import HttpResponse, StreamingHttpResponse
+
+from apikeys.asyncdb import run_in_short_session
+from apikeys.auth import key_is_usable, scopes_required
+from apikeys.exceptions import ResourceNotFound, ValidationError
+
+from .conf import get_config
+from .events import KEEPALIVE_FRAME, opening_frames
+from .fanout import OVERFLOW, aread_log, get_hub
+from .models import Execution
+
+LAST_EVENT_ID = re.compile(r"^[0-9]{1,18}$")
+
+
+def last_event_id(request):
+    """Return the id to resume after (``Last-Event-ID`` header, else ``?last_event_id=``)."""
+    raw = request.headers.get("Last-Event-ID")
+    if raw is None or raw == "":
+        raw = request.GET.get("last_event_id")
+    if raw is None or raw == "":
+        return None
+    if not LAST_EVENT_ID.match(raw):
+        raise ValidationError(
+            "Last-Event-ID must be a non-negative integer.",
+            details={"field": "Last-Event-ID", "value": raw[:100]},
+        )
+    return int(raw)
+
+
+@scopes_required("executions:read")
+async def execution_events(request, execution_id):
+    after = last_event_id(request)
+    execution = await run_in_short_session(
+        lambda: Execution.objects.visible_to(request.api_key).filter(pk=execution_id).first()
+    )
+    if execution is None:
+        raise ResourceNotFound("execution", execution_id)
+    if execution.is_finished and after is not None and after >= execution.last_seq:
+        # The client has the terminal event; 204 tells EventSource to stop reconnecting.
+        return HttpResponse(status=204)
+    response = StreamingHttpResponse(
+        event_stream(execution, request.api_key, after or 0), content_type="text/event-stream"
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    # GZipMiddleware would compress each frame on its own and double a stream's memory;
+    # it leaves alone a response to a request that did not accept gzip.
+    request.META.pop("HTTP_ACCEPT_ENCODING", None)
+    return response
+
+
+async def event_stream(execution, api_key, last_sent):
+    """Yield the stream's bytes: opening frames, the log after ``last_sent``, then live events.
+
+    Subscribing comes before reading the log, so nothing falls between replay and live;
+    sequence numbers drop the overlap and reveal any gap, which the log fills.
+    """
+    config = get_config()
+    keepalive = config["KEEPALIVE_INTERVAL"]
+    hub = get_hub()
+    queue = await hub.subscribe(execution.pk)
+    try:
+        yield opening_frames(execution.pk, execution.status)
+        async for batch in log_batches(execution.pk, last_sent):
+            yield b"".join(item.frame for item in batch)
+            last_sent = batch[-1].seq
+            if batch[-1].is_terminal:
+                return
+        last_write = key_checked = time.monotonic()
+        while True:
+            now = time.monotonic()
+            wait = min(last_write + keepalive, key_checked + keepalive / 2) - now
+            try:
+                async with asyncio.timeout(max(wait, 0)):
+                    item = await queue.get()
+            except TimeoutError:
+                now = time.monotonic()
+                if now >= key_checked + keepalive / 2:
+                    key_checked = now
+                    if not await key_is_usable(api_key, max_age=keepalive / 2):
+                        return
+                if now >= last_write + keepalive:
+                    last_write = now
+                    yield KEEPALIVE_FRAME
+                continue
+            items = [item]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            frames = []
+            finished = False
+            for item in items:
+                if item is OVERFLOW:
+                    finished = True  # too slow: the client resumes from the log
+                    break
+                if item.seq <= last_sent:
+                    continue
+                if item.seq > last_sent + 1:
+                    async for batch in log_batches(execution.pk, last_sent, until=item.seq - 1):
+                        frames.extend(logged.frame for logged in batch)
+                        last_sent = batch[-1].seq
+                frames.append(item.frame)
+                last_sent = item.seq
+                if item.is_terminal:
+                    finished = True
+                    break
+            if frames:
+                yield b"".join(frames)
+                last_write = time.monotonic()
+            if finished:
+                return
+    finally:
+        await hub.unsubscribe(execution.pk, queue)
+
+
+async def log_batches(execution_id, after, until=None):
+    """Yield the logged events after ``after`` (up to ``until``) in batches, ending at a
+    terminal event."""
+    batch_size = get_config()["REPLAY_BATCH_SIZE"]
+    while True:
+        batch = [
+            item
+            for item in await aread_log(execution_id, after)
+            if until is None or item.seq <= until
+        ]
+        for index, item in enumerate(batch):
+            if item.is_terminal:
+                del batch[index + 1 :]
+                break
+        if not batch:
+            return
+        yield batch
+        after = batch[-1].seq
+        if len(batch) < batch_size or batch[-1].is_terminal:
+            return

@@ -1,0 +1,180 @@
+"""The workflow registry: workflows are code, declared in an app's ``workflows.py``.
+
+    from executions.workflows import Input, workflow
+
+    @workflow(
+        "wf_report",
+        name="Weekly report",
+        inputs={"week": Input("integer", label="ISO week", required=True)},
+        total_nodes=lambda inputs: 2,
+    )
+    def weekly_report(recorder, inputs):
+        with recorder.node("fetch", "http") as node:
+            node.outputs = fetch(inputs["week"])
+        ...
+        return {"url": "..."}   # the execution's outputs
+
+Every installed app's ``workflows`` module is imported when the registry is first used.
+"""
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from django.utils import timezone
+from django.utils.module_loading import autodiscover_modules
+
+from apikeys.exceptions import ValidationError
+
+from .recorder import ExecutionFinished, ExecutionRecorder
+
+logger = logging.getLogger(__name__)
+
+INPUT_TYPES = {
+    "string": str,
+    "integer": int,
+    "number": (int, float),
+    "boolean": bool,
+    "object": dict,
+    "array": list,
+}
+
+
+@dataclass(frozen=True)
+class Input:
+    type: str
+    label: str = ""
+    required: bool = False
+    description: str = ""
+    default: object = None
+
+    def describe(self):
+        described = {
+            "type": self.type,
+            "label": self.label,
+            "required": self.required,
+            "description": self.description,
+        }
+        if self.default is not None:
+            described["default"] = self.default
+        return described
+
+    def accepts(self, value):
+        expected = INPUT_TYPES[self.type]
+        # bool is an int in Python, but not an integer or number input.
+        return isinstance(value, expected) and not (
+            isinstance(value, bool) and self.type != "boolean"
+        )
+
+
+@dataclass(frozen=True)
+class Workflow:
+    id: str
+    name: str
+    run: object
+    description: str = ""
+    version: int = 1
+    inputs: dict = field(default_factory=dict)
+    total_nodes: object = None  # callable(inputs) -> int | None
+    created_at: datetime = field(default_factory=timezone.now)
+
+    def clean_inputs(self, inputs):
+        """Return ``inputs`` with defaults applied; raise ``ValidationError`` naming each bad
+        field."""
+        if not isinstance(inputs, dict):
+            raise ValidationError("inputs must be an object.", details={"inputs": "Not an object."})
+        errors = {}
+        cleaned = {}
+        for name, spec in self.inputs.items():
+            if name not in inputs or inputs[name] is None:
+                if spec.required:
+                    errors[name] = "This input is required."
+                elif spec.default is not None:
+                    cleaned[name] = spec.default
+                continue
+            if not spec.accepts(inputs[name]):
+                errors[name] = f"Expected {spec.type}."
+                continue
+            cleaned[name] = inputs[name]
+        for name in inputs.keys() - self.inputs.keys():
+            errors[name] = "Unknown input."
+        if errors:
+            raise ValidationError("Some inputs are not valid.", details={"inputs": errors})
+        return cleaned
+
+    def count_nodes(self, inputs):
+        return self.total_nodes(inputs) if self.total_nodes else None
+
+
+_registry = {}
+_discovered = False
+
+
+def workflow(workflow_id, *, name, description="", version=1, inputs=None, total_nodes=None):
+    """Register the decorated ``run(recorder, inputs) -> outputs`` as a workflow."""
+
+    def register(run):
+        _registry[workflow_id] = Workflow(
+            id=workflow_id,
+            name=name,
+            run=run,
+            description=description,
+            version=version,
+            inputs=inputs or {},
+            total_nodes=total_nodes,
+        )
+        return run
+
+    return register
+
+
+def registry():
+    """Return ``{workflow_id: Workflow}`` for every declared workflow."""
+    global _discovered
+    if not _discovered:
+        autodiscover_modules("workflows")
+        _discovered = True
+    return _registry
+
+
+def get_workflow(workflow_id):
+    return registry().get(workflow_id)
+
+
+def create_execution(workflow, *, owner, inputs, mode="live"):
+    """Validate ``inputs`` and create a pending execution; return its recorder."""
+    cleaned = workflow.clean_inputs(inputs)
+    return ExecutionRecorder.create(
+        owner=owner,
+        workflow_id=workflow.id,
+        inputs=cleaned,
+        mode=mode,
+        total_nodes=workflow.count_nodes(cleaned),
+    )
+
+
+def run_execution(execution_id):
+    """Run a pending execution's workflow to its end, recording everything.
+
+    Cancellation stops the run at its next node boundary: the recorder refuses to record
+    into a finished execution, and that refusal ends the run quietly.
+    """
+    recorder = ExecutionRecorder(execution_id)
+    execution = recorder.execution
+    workflow = get_workflow(execution.workflow_id)
+    try:
+        if workflow is None:
+            recorder.fail(f"Workflow {execution.workflow_id!r} is not registered.")
+            return
+        recorder.start()
+        try:
+            outputs = workflow.run(recorder, execution.inputs)
+        except ExecutionFinished:
+            raise
+        except Exception as exc:
+            logger.exception("Execution %s failed", execution_id)
+            recorder.fail(str(exc) or type(exc).__name__, node_id=recorder.failed_node_id)
+            return
+        recorder.complete(outputs)
+    except ExecutionFinished as finished:
+        logger.info("Execution %s stopped: it is %s.", execution_id, finished.status)
