@@ -1,6 +1,7 @@
 """Authenticate requests by API key and check their scopes; one core for DRF and plain views."""
 
 import asyncio
+import logging
 import time
 import weakref
 from functools import wraps
@@ -14,11 +15,14 @@ from .exceptions import (
     APIError,
     ExpiredAPIKey,
     InsufficientScope,
+    InternalError,
     InvalidAPIKey,
     RevokedAPIKey,
 )
 from .models import APIKey
 from .responses import error_response
+
+logger = logging.getLogger(__name__)
 
 BEARER = "bearer "
 
@@ -138,6 +142,9 @@ def scopes_required(*scopes):
                 return await view(request, *args, **kwargs)
             except APIError as error:
                 return error_response(request, error)
+            except Exception:
+                logger.exception("Unhandled error in %s", view.__qualname__)
+                return error_response(request, InternalError())
 
         wrapper.required_scopes = scopes
         return wrapper

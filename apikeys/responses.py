@@ -30,6 +30,13 @@ def meta(request):
     return {"request_id": request_id(request), "timestamp": format_timestamp(timezone.now())}
 
 
+def success_body(request, data, pagination=None):
+    body = {"data": data, "meta": meta(request)}
+    if pagination is not None:
+        body["pagination"] = pagination
+    return body
+
+
 def error_body(request, error):
     body = {"code": error.code, "message": error.message}
     if error.details is not None:

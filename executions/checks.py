@@ -49,3 +49,25 @@ def check_sqlite_transaction_mode(app_configs, **kwargs):
             id="executions.W002",
         )
     ]
+
+
+IMMEDIATE_BACKENDS = {
+    "django.tasks.backends.immediate.ImmediateBackend",
+    "django_tasks.backends.immediate.ImmediateBackend",
+}
+
+
+@register(Tags.compatibility)
+def check_task_backend(app_configs, **kwargs):
+    backend = getattr(settings, "TASKS", {}).get("default", {}).get("BACKEND")
+    if backend is not None and backend not in IMMEDIATE_BACKENDS:
+        return []
+    return [
+        Warning(
+            "Workflows are queued on Django's immediate task backend: POST .../execute runs "
+            "the whole workflow inside the request instead of answering 202 at once.",
+            hint="Set TASKS = {'default': {'BACKEND': 'django_tasks_db.DatabaseBackend'}} (or "
+            "another real backend) and run its worker, e.g. `manage.py db_worker`.",
+            id="executions.W003",
+        )
+    ]

@@ -77,6 +77,7 @@ class Workflow:
     inputs: dict = field(default_factory=dict)
     total_nodes: object = None  # callable(inputs) -> int | None
     created_at: datetime = field(default_factory=timezone.now)
+    updated_at: datetime = field(default_factory=timezone.now)
 
     def clean_inputs(self, inputs):
         """Return ``inputs`` with defaults applied; raise ``ValidationError`` naming each bad
@@ -110,10 +111,24 @@ _registry = {}
 _discovered = False
 
 
-def workflow(workflow_id, *, name, description="", version=1, inputs=None, total_nodes=None):
-    """Register the decorated ``run(recorder, inputs) -> outputs`` as a workflow."""
+def workflow(
+    workflow_id,
+    *,
+    name,
+    description="",
+    version=1,
+    inputs=None,
+    total_nodes=None,
+    created_at=None,
+    updated_at=None,
+):
+    """Register the decorated ``run(recorder, inputs) -> outputs`` as a workflow.
+
+    ``created_at``/``updated_at`` (aware datetimes) default to when the registry loaded it.
+    """
 
     def register(run):
+        loaded_at = timezone.now()
         _registry[workflow_id] = Workflow(
             id=workflow_id,
             name=name,
@@ -122,6 +137,8 @@ def workflow(workflow_id, *, name, description="", version=1, inputs=None, total
             version=version,
             inputs=inputs or {},
             total_nodes=total_nodes,
+            created_at=created_at or loaded_at,
+            updated_at=updated_at or created_at or loaded_at,
         )
         return run
 

@@ -5,6 +5,7 @@ switches the database (PostgreSQL in production) and ``REDIS_URL`` switches the 
 layer to channels-redis and the API keys' rate-limit counters to Redis.
 """
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -28,7 +29,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "channels",
+    "django_tasks_db",
     "apikeys",
     "executions",
     "flowmaestro.apps.FlowMaestroSiteConfig",
@@ -88,6 +92,12 @@ if REDIS_URL:
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
+# Workflows run in a worker (`manage.py db_worker`), queued through Django's tasks
+# framework: built into Django 6, the django-tasks backport on Django 5.2.
+if importlib.util.find_spec("django.tasks") is None:
+    INSTALLED_APPS.insert(INSTALLED_APPS.index("django_tasks_db"), "django_tasks")
+TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
+
 APIKEYS = {"RATE_LIMIT_REDIS_URL": REDIS_URL}
 EXECUTIONS = {}
 
@@ -104,7 +114,25 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "apikeys.drf.exception_handler",
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_SCHEMA_CLASS": "apikeys.openapi.ScopedAutoSchema",
     "UNAUTHENTICATED_USER": None,
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "FlowMaestro-compatible executions API",
+    "DESCRIPTION": "Start workflows, follow their executions live over server-sent events, "
+    "and cancel them. Every request carries an API key (`X-API-Key` or "
+    "`Authorization: Bearer`).",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "PREPROCESSING_HOOKS": ["executions.schema.executions_endpoints_only"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "executions.schema.add_event_stream",
+    ],
 }
 
 LANGUAGE_CODE = "en-us"

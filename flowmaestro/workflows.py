@@ -1,6 +1,7 @@
 """The demo site's workflows."""
 
 import time
+from datetime import UTC, datetime
 
 from executions.workflows import Input, workflow
 
@@ -30,6 +31,8 @@ def demo_node_outputs(number, node_type):
         ),
     },
     total_nodes=lambda inputs: inputs["nodes"],
+    created_at=datetime(2026, 11, 1, tzinfo=UTC),
+    updated_at=datetime(2026, 11, 24, tzinfo=UTC),
 )
 def demo(recorder, inputs):
     results = []

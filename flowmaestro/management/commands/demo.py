@@ -21,7 +21,10 @@ DEMO_INPUTS = '{"nodes": 12, "delay_ms": 4000}'
 
 
 class Command(BaseCommand):
-    help = "Migrate, create a demo user and key, serve the site, and start a demo execution."
+    help = (
+        "Migrate, create a demo user and key, serve the site with a task worker beside it, "
+        "and start a demo execution."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
@@ -50,6 +53,7 @@ class Command(BaseCommand):
                 ]
             )
             children.append(server)
+            children.append(subprocess.Popen([*manage, "db_worker", "--interval", "0.2"]))
             self.wait_for_port(host, port, server)
             runner = subprocess.Popen(
                 [*manage, "runworkflow", "wf_demo", "--owner", DEMO_USER, "--inputs", DEMO_INPUTS],
@@ -113,9 +117,20 @@ class Command(BaseCommand):
         write("")
         write(f"    curl -N -H 'X-API-Key: {raw}' {events_url}")
         write("")
-        write("  Start another one, then stream it the same way with its printed id:")
+        write("  Start another one through the API (the worker beside the server runs it),")
+        write("  then stream it the same way with the execution_id it answers:")
+        write("")
+        write(
+            f"    curl -X POST -H 'X-API-Key: {raw}' -H 'Content-Type: application/json' "
+            f'-d \'{{"inputs": {{"nodes": 5, "delay_ms": 1000}}}}\' '
+            f"{base}/api/v1/workflows/wf_demo/execute"
+        )
+        write("")
+        write("  or from a shell, as your own workers would record one:")
         write("")
         write(f"    {start}")
+        write("")
+        write(f"  API reference: {base}/api/v1/docs/")
         write("")
         write("  Press Ctrl-C to stop.")
         write("")

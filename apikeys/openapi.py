@@ -1,0 +1,30 @@
+"""OpenAPI (drf-spectacular) support: the key's security schemes and each view's scopes."""
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from drf_spectacular.openapi import AutoSchema
+
+SECURITY_SCHEMES = {
+    "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "BearerKey": {"type": "http", "scheme": "bearer", "bearerFormat": "fm_live_... / fm_test_..."},
+}
+
+
+class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "apikeys.drf.APIKeyAuthentication"
+    name = list(SECURITY_SCHEMES)
+
+    def get_security_definition(self, auto_schema):
+        return list(SECURITY_SCHEMES.values())
+
+
+class ScopedAutoSchema(AutoSchema):
+    """Document ``view.required_scopes`` as ``x-required-scopes`` and in the description."""
+
+    def get_operation(self, *args, **kwargs):
+        operation = super().get_operation(*args, **kwargs)
+        scopes = getattr(self.view, "required_scopes", None)
+        if operation is not None and scopes:
+            operation["x-required-scopes"] = list(scopes)
+            note = f"Required scopes: {', '.join(f'`{s}`' for s in scopes)}."
+            operation["description"] = f"{operation.get('description', '')}\n\n{note}".strip()
+        return operation

@@ -1,0 +1,165 @@
+"""OpenAPI pieces of the executions API: envelopes, error responses, and the event stream."""
+
+from functools import cache
+
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from rest_framework import serializers
+
+from apikeys.openapi import SECURITY_SCHEMES
+
+from .events import EVENT_TYPES
+
+EVENT_FIELDS = {
+    "connected": "status (sent first on every connection; no id)",
+    "execution:started": "workflow_id, started_at",
+    "execution:progress": "progress (0-100), current_node, completed_nodes, total_nodes",
+    "node:started": "node_id, node_type, started_at",
+    "node:completed": "node_id, node_type, outputs, duration_ms, completed_at",
+    "node:failed": "node_id, node_type, error, duration_ms, failed_at",
+    "execution:completed": "status, outputs, duration_ms, completed_at",
+    "execution:failed": "status, error, node_id, completed_at",
+    "execution:cancelled": "status, cancelled_at",
+}
+
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", int, description="Page number, from 1."),
+    OpenApiParameter("per_page", int, description="Items per page: default 20, at most 100."),
+]
+
+Meta = inline_serializer(
+    "Meta", {"request_id": serializers.UUIDField(), "timestamp": serializers.CharField()}
+)
+Pagination = inline_serializer(
+    "Pagination",
+    {
+        name: serializers.IntegerField() if kind is int else serializers.BooleanField()
+        for name, kind in [
+            ("page", int),
+            ("per_page", int),
+            ("total_count", int),
+            ("total_pages", int),
+            ("has_next", bool),
+            ("has_prev", bool),
+            ("has_more", bool),
+        ]
+    },
+)
+ErrorEnvelope = inline_serializer(
+    "ErrorEnvelope",
+    {
+        "error": inline_serializer(
+            "Error",
+            {
+                "code": serializers.CharField(),
+                "message": serializers.CharField(),
+                "details": serializers.DictField(required=False),
+            },
+        ),
+        "meta": Meta,
+    },
+)
+
+ERROR_RESPONSES = {
+    400: "validation_error",
+    401: "invalid_api_key, expired_api_key or revoked_api_key",
+    403: "insufficient_scope (details: required_scopes, missing_scopes, your_scopes)",
+    404: "resource_not_found (details: resource, id)",
+    429: "rate_limit_exceeded (details: limit, window, retry_after; header Retry-After)",
+    503: "service_unavailable",
+}
+
+
+def error_responses():
+    return {
+        code: OpenApiResponse(ErrorEnvelope, description=description)
+        for code, description in ERROR_RESPONSES.items()
+    }
+
+
+@cache
+def envelope_body(serializer_class, many):
+    name = serializer_class.__name__.removesuffix("Serializer")
+    fields = {"data": serializer_class(many=many), "meta": Meta}
+    if many:
+        fields["pagination"] = Pagination
+    return inline_serializer(f"{name}{'List' if many else ''}Envelope", fields)
+
+
+def envelope(serializer_class, many=False, status_code=200):
+    """Return drf-spectacular ``responses`` for a ``{"data", "meta"}`` envelope."""
+    return {status_code: envelope_body(serializer_class, many), **error_responses()}
+
+
+def stream_operation(error_schema):
+    description = (
+        "Server-sent events (WHATWG format) of one execution: `retry:`, then `connected`, the "
+        "whole history after `Last-Event-ID`, then live events; `: keepalive` comments during "
+        "silence; the response ends after a terminal event. Every `data:` is one line of JSON "
+        "with `type` and `execution_id`. Event types and their fields:\n\n"
+        + "\n".join(f"- `{event}`: {EVENT_FIELDS[event]}" for event in EVENT_TYPES)
+        + "\n\nRequired scopes: `executions:read`."
+    )
+    errors = {
+        str(code): {
+            "description": text,
+            "content": {"application/json": {"schema": error_schema}},
+        }
+        for code, text in ERROR_RESPONSES.items()
+        if code != 503
+    }
+    return {
+        "operationId": "executions_events_stream",
+        "summary": "Stream an execution's events",
+        "description": description,
+        "tags": ["executions"],
+        "x-required-scopes": ["executions:read"],
+        "parameters": [
+            {"name": "execution_id", "in": "path", "required": True, "schema": {"type": "string"}},
+            {
+                "name": "Last-Event-ID",
+                "in": "header",
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "Replay exactly the events after this id.",
+            },
+            {
+                "name": "last_event_id",
+                "in": "query",
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "The same, for clients that cannot set headers.",
+            },
+        ],
+        "security": [{name: []} for name in SECURITY_SCHEMES],
+        "responses": {
+            "200": {
+                "description": "The event stream.",
+                "content": {
+                    "text/event-stream": {
+                        "schema": {"type": "string"},
+                        "example": 'retry: 3000\n\nevent: connected\ndata: {"type": "connected", '
+                        '"execution_id": "exec_...", "status": "running"}\n\nid: 1\nevent: '
+                        'execution:started\ndata: {"type": "execution:started", ...}\n\n',
+                    }
+                },
+            },
+            "204": {"description": "The client already has the terminal event: stop."},
+            **errors,
+        },
+    }
+
+
+def executions_endpoints_only(endpoints):
+    """drf-spectacular preprocessing hook: keep only this app's endpoints in the schema."""
+    return [
+        endpoint
+        for endpoint in endpoints
+        if getattr(endpoint[3], "cls", endpoint[3]).__module__.startswith("executions.")
+    ]
+
+
+def add_event_stream(result, generator, request, public):
+    """drf-spectacular postprocessing hook: document the (non-DRF) SSE endpoint."""
+    error_schema = {"$ref": "#/components/schemas/ErrorEnvelope"}
+    result["paths"]["/api/v1/executions/{execution_id}/events"] = {
+        "get": stream_operation(error_schema)
+    }
+    return result

@@ -1,0 +1,188 @@
+"""The REST endpoints around the stream: workflows, execute, list/get/cancel executions."""
+
+import logging
+
+from django.db.models import Prefetch
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from apikeys.exceptions import ResourceNotFound, ServiceUnavailable, ValidationError
+from apikeys.responses import error_response, success_body
+
+from . import schema
+from .models import Execution, NodeRun, Status
+from .pagination import paginate
+from .recorder import ExecutionFinished, ExecutionRecorder
+from .serializers import (
+    ExecuteRequestSerializer,
+    ExecuteResponseSerializer,
+    ExecutionSerializer,
+    WorkflowSerializer,
+)
+from .tasks import run_execution_task
+from .workflows import create_execution, get_workflow, registry
+
+logger = logging.getLogger(__name__)
+
+
+def find_workflow(workflow_id):
+    workflow = get_workflow(workflow_id)
+    if workflow is None:
+        raise ResourceNotFound("workflow", workflow_id)
+    return workflow
+
+
+def executions_for(request):
+    """The executions the request's key may see, with their node runs in one more query."""
+    return Execution.objects.visible_to(request.auth).prefetch_related(
+        Prefetch("nodes", queryset=NodeRun.objects.order_by("started_at", "id"))
+    )
+
+
+def find_execution(request, execution_id):
+    execution = executions_for(request).filter(pk=execution_id).first()
+    if execution is None:
+        raise ResourceNotFound("execution", execution_id)
+    return execution
+
+
+class WorkflowList(APIView):
+    required_scopes = ("workflows:read",)
+
+    @extend_schema(
+        operation_id="workflows_list",
+        summary="List workflows",
+        parameters=schema.PAGE_PARAMETERS,
+        responses=schema.envelope(WorkflowSerializer, many=True),
+    )
+    def get(self, request):
+        workflows = sorted(registry().values(), key=lambda workflow: workflow.id)
+        page, pagination = paginate(request.query_params, workflows)
+        data = WorkflowSerializer(page, many=True).data
+        return Response(success_body(request, data, pagination))
+
+
+class WorkflowDetail(APIView):
+    required_scopes = ("workflows:read",)
+
+    @extend_schema(
+        operation_id="workflows_get",
+        summary="Get a workflow",
+        responses=schema.envelope(WorkflowSerializer),
+    )
+    def get(self, request, workflow_id):
+        data = WorkflowSerializer(find_workflow(workflow_id)).data
+        return Response(success_body(request, data))
+
+
+class WorkflowExecute(APIView):
+    required_scopes = ("workflows:read", "workflows:execute")
+
+    @extend_schema(
+        operation_id="workflows_execute",
+        summary="Execute a workflow",
+        description="Validates the inputs, creates a pending execution and queues it; answers "
+        "at once. Follow it with GET /api/v1/executions/{id}/events.",
+        request=ExecuteRequestSerializer,
+        responses=schema.envelope(ExecuteResponseSerializer, status_code=202),
+    )
+    def post(self, request, workflow_id):
+        workflow = find_workflow(workflow_id)
+        body = request.data if isinstance(request.data, dict) else None
+        if body is None:
+            raise ValidationError(
+                "The body must be a JSON object.", details={"body": "Not an object."}
+            )
+        recorder = create_execution(
+            workflow, owner=request.user, inputs=body.get("inputs") or {}, mode=request.auth.mode
+        )
+        try:
+            run_execution_task.enqueue(recorder.execution_id)
+        except Exception as exc:
+            logger.exception("Queueing execution %s failed", recorder.execution_id)
+            recorder.fail("The execution could not be queued.")
+            raise ServiceUnavailable("The task queue is unavailable. Retry shortly.") from exc
+        execution = recorder.execution
+        data = {
+            "execution_id": execution.id,
+            "workflow_id": execution.workflow_id,
+            "status": execution.status,
+            "inputs": execution.inputs,
+        }
+        return Response(success_body(request, data), status=status.HTTP_202_ACCEPTED)
+
+
+class ExecutionList(APIView):
+    required_scopes = ("executions:read",)
+
+    @extend_schema(
+        operation_id="executions_list",
+        summary="List executions, newest first",
+        parameters=[
+            *schema.PAGE_PARAMETERS,
+            OpenApiParameter("workflow_id", str, description="Only this workflow's executions."),
+            OpenApiParameter("status", str, enum=Status.values, description="Only this status."),
+        ],
+        responses=schema.envelope(ExecutionSerializer, many=True),
+    )
+    def get(self, request):
+        executions = executions_for(request)
+        params = request.query_params
+        workflow_id = params.get("workflow_id")
+        if workflow_id:
+            executions = executions.filter(workflow_id=workflow_id)
+        wanted_status = params.get("status")
+        if wanted_status:
+            if wanted_status not in Status.values:
+                raise ValidationError(
+                    f"Unknown status {wanted_status!r}.",
+                    details={"status": f"Must be one of: {', '.join(Status.values)}."},
+                )
+            executions = executions.filter(status=wanted_status)
+        page, pagination = paginate(params, executions, count=executions.count())
+        data = ExecutionSerializer(page, many=True).data
+        return Response(success_body(request, data, pagination))
+
+
+class ExecutionDetail(APIView):
+    required_scopes = ("executions:read",)
+
+    @extend_schema(
+        operation_id="executions_get",
+        summary="Get an execution",
+        responses=schema.envelope(ExecutionSerializer),
+    )
+    def get(self, request, execution_id):
+        data = ExecutionSerializer(find_execution(request, execution_id)).data
+        return Response(success_body(request, data))
+
+
+class ExecutionCancel(APIView):
+    required_scopes = ("executions:read", "executions:cancel")
+
+    @extend_schema(
+        operation_id="executions_cancel",
+        summary="Cancel an execution",
+        description="Records execution:cancelled at once (streams see it and close); the "
+        "running workflow stops at its next node boundary. 400 unless pending or running.",
+        request=None,
+        responses=schema.envelope(ExecutionSerializer),
+    )
+    def post(self, request, execution_id):
+        execution = find_execution(request, execution_id)
+        try:
+            ExecutionRecorder(execution.pk).cancel()
+        except ExecutionFinished as finished:
+            raise ValidationError(
+                f"Execution {execution.pk} is already {finished.status} and cannot be cancelled.",
+                details={"status": finished.status},
+            ) from None
+        data = ExecutionSerializer(find_execution(request, execution_id)).data
+        return Response(success_body(request, data))
+
+
+async def not_found(request, *args, **kwargs):
+    """Answer any unknown path under the API with the contract's 404, never an HTML page."""
+    return error_response(request, ResourceNotFound("endpoint", request.path))
