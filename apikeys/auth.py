@@ -6,6 +6,8 @@ import time
 import weakref
 from functools import wraps
 
+from django.core.exceptions import ValidationError
+from django.core.validators import validate_ipv46_address
 from django.utils import timezone
 
 from . import ratelimit, tokens
@@ -54,6 +56,16 @@ def find_key(raw):
     return key
 
 
+def client_ip(request):
+    """Return ``REMOTE_ADDR`` when it is an IP address, else None (it is stored as one)."""
+    address = request.META.get("REMOTE_ADDR")
+    try:
+        validate_ipv46_address(address)
+    except ValidationError:
+        return None
+    return address
+
+
 def authenticate(request):
     """Authenticate ``request`` and count it against the key's rate limits.
 
@@ -62,7 +74,7 @@ def authenticate(request):
     """
     key = find_key(raw_key_from(request))
     request.api_key = key
-    key.record_use(request.META.get("REMOTE_ADDR"))
+    key.record_use(client_ip(request))
     request.rate_limit = ratelimit.hit(key)
     return key
 

@@ -2,7 +2,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -34,20 +34,25 @@ class APIKeyQuerySet(models.QuerySet):
             Q(expires_at__isnull=True) | Q(expires_at__gt=now)
         )
 
+    def expired(self, now=None):
+        return self.filter(revoked_at__isnull=True, expires_at__lte=now or timezone.now())
+
+    def revoked(self):
+        return self.filter(revoked_at__isnull=False)
+
 
 class APIKeyManager(models.Manager.from_queryset(APIKeyQuerySet)):
+    def assign_key(self, key):
+        """Give the unsaved ``key`` a new secret for its mode; return the raw key, never stored."""
+        raw = tokens.generate(key.mode)
+        key.prefix = tokens.display_prefix(raw)
+        key.key_hash = tokens.digest(raw)
+        return raw
+
     def create_key(self, *, owner, name, mode="live", scopes=(), **fields):
         """Create a key and return ``(api_key, raw_key)``; the raw key is never stored."""
-        raw = tokens.generate(mode)
-        key = self.model(
-            owner=owner,
-            name=name,
-            mode=mode,
-            scopes=list(scopes),
-            prefix=tokens.display_prefix(raw),
-            key_hash=tokens.digest(raw),
-            **fields,
-        )
+        key = self.model(owner=owner, name=name, mode=mode, scopes=list(scopes), **fields)
+        raw = self.assign_key(key)
         key.full_clean()
         key.save()
         return key, raw
@@ -98,24 +103,35 @@ class APIKey(models.Model):
 
     def revoke(self):
         """Revoke the key for good; revoking twice keeps the first time."""
-        if self.revoked_at is None:
-            self.revoked_at = timezone.now()
-            APIKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
-                revoked_at=self.revoked_at
-            )
+        if self.revoked_at is not None:
+            return
+        now = timezone.now()
+        if APIKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(revoked_at=now):
+            self.revoked_at = now
+        else:  # already revoked through another instance: report that first time
+            self.refresh_from_db(fields=["revoked_at"])
 
     def rotate(self):
-        """Revoke this key and return ``(new_key, raw_key)`` with the same settings."""
-        self.revoke()
-        return APIKey.objects.create_key(
-            owner=self.owner,
-            name=self.name,
-            mode=self.mode,
-            scopes=self.scopes,
-            expires_at=self.expires_at,
-            rate_limit_per_minute=self.rate_limit_per_minute,
-            rate_limit_per_day=self.rate_limit_per_day,
-        )
+        """Revoke this key and return ``(new_key, raw_key)`` with the same settings.
+
+        A past expiry is not copied: the replacement of an expired key does not expire.
+        All or nothing: when the new key cannot be created, this one stays usable.
+        """
+        expires_at = self.expires_at
+        if expires_at is not None and expires_at <= timezone.now():
+            expires_at = None
+        with transaction.atomic():
+            rotated = APIKey.objects.create_key(
+                owner=self.owner,
+                name=self.name,
+                mode=self.mode,
+                scopes=self.scopes,
+                expires_at=expires_at,
+                rate_limit_per_minute=self.rate_limit_per_minute,
+                rate_limit_per_day=self.rate_limit_per_day,
+            )
+            self.revoke()
+        return rotated
 
     def record_use(self, ip, now=None):
         """Write last_used_at/ip unless they were written within the configured interval.

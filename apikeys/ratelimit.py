@@ -48,7 +48,8 @@ class RateLimit:
     @property
     def binding(self):
         """The window closest to exhaustion; its figures go in the ``X-RateLimit-*`` headers."""
-        return min(self.windows, key=lambda w: (not w.exceeded, w.remaining))
+        # On a tie the longer window binds: it is the one that keeps refusing.
+        return min(self.windows, key=lambda w: (not w.exceeded, w.remaining, -w.reset))
 
     def headers(self):
         window = self.binding

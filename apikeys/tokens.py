@@ -11,7 +11,7 @@ ALPHABET = string.ascii_letters + string.digits
 RANDOM_LENGTH = 32
 PREFIX_LENGTH = 12
 MODE_PREFIXES = {"live": "fm_live_", "test": "fm_test_"}
-KEY_PATTERN = re.compile(r"^fm_(live|test)_[A-Za-z0-9]{32}$")
+KEY_PATTERN = re.compile(r"fm_(live|test)_[A-Za-z0-9]{32}")
 ALGORITHM = "sha256"
 
 
@@ -23,7 +23,7 @@ def generate(mode):
 
 def mode_of(raw):
     """Return the mode a well-formed raw key is for, or None when it is malformed."""
-    match = KEY_PATTERN.match(raw)
+    match = KEY_PATTERN.fullmatch(raw)
     return match.group(1) if match else None
 
 

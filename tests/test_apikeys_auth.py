@@ -1,0 +1,641 @@
+"""API-key authentication through DRF and the plain async decorator, and the key and
+scope primitives under it."""
+
+import hashlib
+import logging
+import re
+import uuid
+from datetime import timedelta
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.core.exceptions import ValidationError
+from django.db import connection
+from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from apikeys import tokens
+from apikeys.auth import key_is_usable
+from apikeys.conf import get_config
+from apikeys.models import APIKey
+from apikeys.scopes import BUILTIN_SCOPES, all_bundles, all_scopes, expand
+
+DRF_SCOPED = "/test-only/drf/scoped"
+DRF_ANY = "/test-only/drf/any"
+ASYNC_SCOPED = "/test-only/async/scoped"
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+WWW_AUTHENTICATE = 'Bearer realm="api"'
+
+# The scoped views and the scopes each requires. The async view does its database work
+# on a pool thread, outside the test's transaction, so tests using it need
+# django_db(transaction=True).
+SCOPED_VIEWS = pytest.mark.parametrize(
+    ("path", "required"),
+    [(DRF_SCOPED, ["workflows:read", "executions:read"]), (ASYNC_SCOPED, ["executions:read"])],
+    ids=["drf", "async"],
+)
+
+
+def configure(settings, **apikeys):
+    """Override entries of the ``APIKEYS`` setting for the current test."""
+    settings.APIKEYS = {**settings.APIKEYS, **apikeys}
+
+
+def call(client, path, raw=None, **headers):
+    if raw is not None:
+        headers.setdefault("X-API-Key", raw)
+    return client.get(path, headers=headers)
+
+
+def assert_error(response, status, code, details=None):
+    """Assert ``response`` is the contract's error envelope; return the decoded body.
+
+    ``details`` None asserts the envelope has no ``details`` at all.
+    """
+    assert response.status_code == status
+    assert response["Content-Type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"error", "meta"}
+    error = body["error"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
+    expected = {"code": code, "message": error["message"]}
+    if details is not None:
+        expected["details"] = details
+    assert error == expected
+    assert set(body["meta"]) == {"request_id", "timestamp"}
+    assert TIMESTAMP.match(body["meta"]["timestamp"])
+    assert response["X-Request-ID"] == body["meta"]["request_id"]
+    return body
+
+
+def assert_auth_error(response, code):
+    body = assert_error(response, 401, code)
+    assert response["WWW-Authenticate"] == WWW_AUTHENTICATE
+    uuid.UUID(body["meta"]["request_id"])
+    return body
+
+
+def assert_authenticated(response, path, key):
+    assert response.status_code == 200
+    assert response.json() == (
+        {"owner_id": key.owner_id}
+        if path == ASYNC_SCOPED
+        else {"owner": key.owner.username, "key": key.prefix}
+    )
+
+
+# The contract's authentication errors, through DRF and through the async decorator.
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_request_without_key_is_invalid_api_key(client, path, required):
+    assert_auth_error(call(client, path), "invalid_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "not-a-key",
+        "fm_live_tooshort",
+        "fm_prod_" + "a" * 32,
+        "fm_live_" + "a" * 33,
+        "fm_live_" + "-" * 32,
+        "FM_LIVE_" + "a" * 32,
+    ],
+)
+def test_malformed_key_is_invalid_api_key(client, path, required, raw):
+    assert_auth_error(call(client, path, raw), "invalid_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_unknown_well_formed_key_is_invalid_api_key(client, make_key, path, required):
+    make_key()
+    assert_auth_error(call(client, path, tokens.generate("live")), "invalid_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_revoked_key_is_revoked_api_key(client, make_key, path, required):
+    key, raw = make_key()
+    key.revoke()
+    assert_auth_error(call(client, path, raw), "revoked_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_expired_key_is_expired_api_key(client, make_key, path, required):
+    _, raw = make_key(expires_at=timezone.now() - timedelta(seconds=1))
+    assert_auth_error(call(client, path, raw), "expired_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_test_key_is_invalid_when_test_keys_are_refused(client, make_key, settings, path, required):
+    key, raw = make_key(mode="test")
+    assert_authenticated(call(client, path, raw), path, key)
+    configure(settings, ACCEPT_TEST_KEYS=False)
+    assert_auth_error(call(client, path, raw), "invalid_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_key_of_inactive_owner_is_invalid_api_key(client, make_key, user, path, required):
+    _, raw = make_key()
+    user.is_active = False
+    user.save()
+    assert_auth_error(call(client, path, raw), "invalid_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_missing_scope_is_insufficient_scope_with_details(client, make_key, path, required):
+    _, raw = make_key(scopes=["workflows:read", "agents:read"])
+    body = assert_error(
+        call(client, path, raw),
+        403,
+        "insufficient_scope",
+        details={
+            "required_scopes": required,
+            "missing_scopes": ["executions:read"],
+            "your_scopes": ["workflows:read", "agents:read"],
+        },
+    )
+    assert "executions:read" in body["error"]["message"]
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_key_holding_exactly_the_required_scopes_is_let_in(client, make_key, path, required):
+    key, raw = make_key(scopes=required)
+    assert_authenticated(call(client, path, raw), path, key)
+
+
+# How the key and the request id travel.
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_key_in_x_api_key_header_authenticates(client, make_key, path, required):
+    key, raw = make_key()
+    response = call(client, path, raw)
+    assert_authenticated(response, path, key)
+    uuid.UUID(response["X-Request-ID"])
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+@pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
+def test_key_in_bearer_authorization_authenticates(client, make_key, path, required, scheme):
+    key, raw = make_key()
+    response = client.get(path, headers={"Authorization": f"{scheme} {raw}"})
+    assert_authenticated(response, path, key)
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_other_authorization_schemes_are_not_read_as_keys(client, make_key, path, required):
+    _, raw = make_key()
+    response = client.get(path, headers={"Authorization": f"Token {raw}"})
+    assert_auth_error(response, "invalid_api_key")
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_well_formed_incoming_request_id_is_echoed(client, make_key, path, required):
+    _, raw = make_key()
+    ok = call(client, path, raw, **{"X-Request-ID": "trace-0123456789"})
+    assert ok.status_code == 200
+    assert ok["X-Request-ID"] == "trace-0123456789"
+    failed = call(client, path, **{"X-Request-ID": "trace-abcdefghij"})
+    body = assert_error(failed, 401, "invalid_api_key")
+    assert body["meta"]["request_id"] == "trace-abcdefghij"
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_malformed_incoming_request_id_is_replaced(client, path, required):
+    body = assert_auth_error(
+        call(client, path, **{"X-Request-ID": "not ok\t<id>"}), "invalid_api_key"
+    )
+    assert body["meta"]["request_id"] != "not ok\t<id>"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_async_view_served_under_asgi_answers_with_headers_and_envelopes(async_client, make_key):
+    key, raw = make_key(rate_limit_per_minute=5)
+    ok = async_to_sync(async_client.get)(ASYNC_SCOPED, headers={"Authorization": f"Bearer {raw}"})
+    assert_authenticated(ok, ASYNC_SCOPED, key)
+    uuid.UUID(ok["X-Request-ID"])
+    assert ok["X-RateLimit-Limit"] == "5"
+    assert_auth_error(async_to_sync(async_client.get)(ASYNC_SCOPED), "invalid_api_key")
+
+
+# The raw key is a secret: never stored, never logged.
+
+
+def secret_parts(raw):
+    """The raw key, its random part, and the part the display prefix does not reveal."""
+    return [raw, raw[len(tokens.MODE_PREFIXES["live"]) :], raw[tokens.PREFIX_LENGTH :]]
+
+
+def exercise(client, raws):
+    """Make successful and failing requests, through both views and both headers."""
+    for raw in raws:
+        for path in (DRF_SCOPED, DRF_ANY, ASYNC_SCOPED):
+            call(client, path, raw)
+            client.get(path, headers={"Authorization": f"Bearer {raw}"})
+            call(client, path, raw + "x")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_raw_key_is_stored_in_no_column_of_any_table(client, make_key, other_user):
+    keys = [
+        make_key(),
+        make_key(mode="test"),
+        make_key(owner=other_user, scopes=["agents:read"]),
+        make_key(rate_limit_per_minute=1),
+    ]
+    revoked, raw_revoked = make_key(name="revoked")
+    revoked.revoke()
+    raws = [raw for _, raw in keys] + [raw_revoked]
+    client.force_login(other_user)  # puts a row in the sessions table
+    exercise(client, raws)
+
+    values = []
+    with connection.cursor() as cursor:
+        tables = connection.introspection.table_names()
+        assert {APIKey._meta.db_table, "django_session"} <= set(tables)
+        for table in tables:
+            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")  # noqa: S608
+            values += [value for row in cursor.fetchall() for value in row]
+    stored = "\n".join(
+        bytes(v).decode(errors="replace") if isinstance(v, bytes | memoryview) else str(v)
+        for v in values
+    )
+    # The scan reads every column: it finds what is meant to be stored.
+    assert all(tokens.digest(raw) in stored for raw in raws)
+    for raw in raws:
+        for secret in secret_parts(raw):
+            assert secret not in stored
+
+
+@pytest.mark.django_db(transaction=True)
+def test_raw_key_appears_in_no_log_record(client, make_key, settings, caplog):
+    settings.DEBUG = True  # SQL and its parameters are logged at DEBUG as well
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="django")  # Django's default config stops at INFO
+    revoked, raw_revoked = make_key()
+    revoked.revoke()
+    raw_ok, raw_test = make_key()[1], make_key(mode="test")[1]
+    raws = [
+        raw_ok,
+        raw_test,
+        raw_revoked,
+        make_key(scopes=["agents:read"])[1],
+        make_key(rate_limit_per_minute=1)[1],
+        make_key(expires_at=timezone.now() - timedelta(days=1))[1],
+    ]
+
+    exercise(client, raws)
+    configure(settings, ACCEPT_TEST_KEYS=False)
+    exercise(client, [raw_test])
+    configure(settings, RATE_LIMIT_REDIS_URL="redis://127.0.0.1:1/0", RATE_LIMIT_FAIL_OPEN=False)
+    exercise(client, [raw_ok])
+
+    logged = caplog.text + "".join(repr(vars(record)) for record in caplog.records)
+    # The lookups' SQL parameters were captured, so the search below covers them too.
+    assert tokens.digest(raw_ok) in logged
+    for raw in raws:
+        for secret in secret_parts(raw):
+            assert secret not in logged
+
+
+# Authenticating costs one query; last_used_* is written at most once per interval.
+
+
+@pytest.mark.django_db
+def test_first_request_of_a_fresh_key_costs_a_lookup_and_a_last_used_update(client, make_key):
+    _, raw = make_key()
+    with CaptureQueriesContext(connection) as queries:
+        assert call(client, DRF_ANY, raw).status_code == 200
+    assert len(queries) == 2
+    lookup, update = (q["sql"] for q in queries)
+    assert lookup.startswith("SELECT")
+    assert update.startswith("UPDATE")
+    assert "last_used_at" in update
+
+
+@pytest.mark.django_db
+def test_authenticating_again_within_the_interval_costs_one_query(
+    client, make_key, django_assert_num_queries
+):
+    _, raw = make_key()
+    assert call(client, DRF_ANY, raw).status_code == 200
+    with django_assert_num_queries(1):
+        assert call(client, DRF_ANY, raw).status_code == 200
+
+
+@pytest.mark.django_db
+def test_last_used_at_is_not_rewritten_within_the_interval(client, make_key):
+    key, raw = make_key()
+    assert key.last_used_at is None
+    call(client, DRF_ANY, raw)
+    key.refresh_from_db()
+    first = key.last_used_at
+    assert first is not None
+    call(client, DRF_ANY, raw)
+    key.refresh_from_db()
+    assert key.last_used_at == first
+
+
+@pytest.mark.django_db
+def test_last_used_at_is_rewritten_once_older_than_the_interval(client, make_key):
+    key, raw = make_key()
+    call(client, DRF_ANY, raw)
+    stale = timezone.now() - timedelta(seconds=get_config()["LAST_USED_INTERVAL"] + 1)
+    APIKey.objects.filter(pk=key.pk).update(last_used_at=stale)
+    call(client, DRF_ANY, raw)
+    key.refresh_from_db()
+    assert key.last_used_at > stale
+
+
+@pytest.mark.django_db
+def test_last_used_ip_is_recorded(client, make_key):
+    key, raw = make_key()
+    client.get(DRF_ANY, headers={"X-API-Key": raw}, REMOTE_ADDR="203.0.113.7")
+    key.refresh_from_db()
+    assert key.last_used_ip == "203.0.113.7"
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("remote_addr", ["unknown", "203.0.113.7, 10.0.0.1"])
+def test_request_whose_remote_addr_is_not_an_ip_is_served(client, make_key, remote_addr):
+    key, raw = make_key()
+    response = client.get(DRF_ANY, headers={"X-API-Key": raw}, REMOTE_ADDR=remote_addr)
+    assert response.status_code == 200
+    key.refresh_from_db()
+    assert key.last_used_at is not None
+    assert key.last_used_ip is None
+
+
+# Revocation and rotation.
+
+
+@pytest.mark.django_db(transaction=True)
+@SCOPED_VIEWS
+def test_revoked_key_stops_working_on_the_next_request(client, make_key, path, required):
+    key, raw = make_key()
+    assert_authenticated(call(client, path, raw), path, key)
+    APIKey.objects.get(pk=key.pk).revoke()
+    assert_auth_error(call(client, path, raw), "revoked_api_key")
+
+
+@pytest.mark.django_db
+def test_revoking_twice_keeps_the_first_time(make_key):
+    key, _ = make_key()
+    stale = APIKey.objects.get(pk=key.pk)
+    key.revoke()
+    first = key.revoked_at
+    assert first is not None
+    key.revoke()
+    assert key.revoked_at == first
+    stale.revoke()
+    APIKey.objects.get(pk=key.pk).revoke()
+    assert APIKey.objects.get(pk=key.pk).revoked_at == first
+    assert APIKey.objects.get(pk=key.pk).status == APIKey.Status.REVOKED
+
+
+@pytest.mark.django_db
+def test_revoking_through_a_stale_instance_reports_the_first_time(make_key):
+    key, _ = make_key()
+    stale = APIKey.objects.get(pk=key.pk)
+    key.revoke()
+    stale.revoke()
+    assert stale.revoked_at == key.revoked_at
+
+
+@pytest.mark.django_db
+def test_rotate_gives_a_working_key_with_the_same_settings_and_revokes_the_old(
+    client, make_key, other_user
+):
+    old, old_raw = make_key(
+        owner=other_user,
+        name="deploy bot",
+        mode="test",
+        scopes=["workflows:read", "executions:read"],
+        expires_at=timezone.now() + timedelta(days=30),
+        rate_limit_per_minute=7,
+        rate_limit_per_day=70,
+    )
+    new, new_raw = old.rotate()
+
+    assert new.pk != old.pk
+    assert new_raw != old_raw
+    assert new_raw.startswith("fm_test_")
+    fields = ["owner_id", "name", "mode", "scopes", "expires_at"]
+    fields += ["rate_limit_per_minute", "rate_limit_per_day"]
+    new.refresh_from_db()
+    old.refresh_from_db()
+    assert {f: getattr(new, f) for f in fields} == {f: getattr(old, f) for f in fields}
+    assert new.revoked_at is None
+    assert old.revoked_at is not None
+
+    response = call(client, DRF_SCOPED, new_raw)
+    assert response.status_code == 200
+    assert response.json() == {"owner": "bob", "key": new.prefix}
+    assert_auth_error(call(client, DRF_SCOPED, old_raw), "revoked_api_key")
+
+
+@pytest.mark.django_db
+def test_rotation_that_cannot_create_the_new_key_leaves_the_old_one_working(
+    client, make_key, settings
+):
+    configure(settings, SCOPES={"reports:read": "Read reports"})
+    old, old_raw = make_key(scopes=["reports:read", "executions:read"])
+    configure(settings, SCOPES={})  # the host stops registering the scope
+    with pytest.raises(ValidationError):
+        old.rotate()
+    old.refresh_from_db()
+    assert old.revoked_at is None
+    assert call(client, DRF_ANY, old_raw).status_code == 200
+
+
+@pytest.mark.django_db
+def test_rotating_an_expired_key_gives_a_key_that_works_and_keeps_a_future_expiry(client, make_key):
+    expired, _ = make_key(expires_at=timezone.now() - timedelta(days=1))
+    replacement, raw = expired.rotate()
+    assert replacement.expires_at is None
+    assert call(client, DRF_ANY, raw).status_code == 200
+    expiring, _ = make_key(expires_at=timezone.now() + timedelta(days=7))
+    assert expiring.rotate()[0].expires_at == expiring.expires_at
+
+
+@pytest.mark.django_db(transaction=True)
+def test_key_is_usable_until_revoked_expired_or_its_owner_deactivated(make_key, user):
+    usable = async_to_sync(key_is_usable)
+    revoked, _ = make_key()
+    expired, _ = make_key()
+    deleted, _ = make_key()
+    assert usable(revoked)
+    revoked.revoke()
+    APIKey.objects.filter(pk=expired.pk).update(expires_at=timezone.now())
+    APIKey.objects.filter(pk=deleted.pk).delete()
+    assert not usable(revoked)
+    assert not usable(expired)
+    assert not usable(deleted)
+    active, _ = make_key()
+    assert usable(active)
+    user.is_active = False
+    user.save()
+    assert not usable(active)
+
+
+# Raw keys: format, display prefix and stored digest.
+
+
+@pytest.mark.parametrize("mode", ["live", "test"])
+def test_generated_key_is_mode_prefix_and_32_base62_characters(mode):
+    raw = tokens.generate(mode)
+    assert re.fullmatch(rf"fm_{mode}_[A-Za-z0-9]{{32}}", raw)
+    assert tokens.mode_of(raw) == mode
+
+
+def test_display_prefix_is_the_first_12_characters():
+    raw = tokens.generate("live")
+    assert tokens.display_prefix(raw) == raw[:12]
+    assert re.fullmatch(r"fm_live_[A-Za-z0-9]{4}", tokens.display_prefix(raw))
+
+
+def test_digest_is_sha256_with_its_algorithm_named():
+    raw = tokens.generate("live")
+    stored = tokens.digest(raw)
+    assert re.fullmatch(r"sha256\$[0-9a-f]{64}", stored)
+    assert stored == "sha256$" + hashlib.sha256(raw.encode()).hexdigest()
+    assert tokens.matches(raw, stored)
+    assert not tokens.matches(tokens.generate("live"), stored)
+
+
+@pytest.mark.parametrize(
+    "raw", ["fm_live_short", "fm_live_" + "a" * 31 + "-", "x" + tokens.generate("live")]
+)
+def test_mode_of_rejects_malformed_keys(raw):
+    assert tokens.mode_of(raw) is None
+
+
+def test_mode_of_rejects_a_key_with_a_trailing_newline():
+    assert tokens.mode_of(tokens.generate("live") + "\n") is None
+
+
+def test_generated_keys_differ_across_1000_generations():
+    assert len({tokens.generate("live") for _ in range(1000)}) == 1000
+
+
+@pytest.mark.django_db
+def test_create_key_stores_the_display_prefix_and_digest_only(make_key):
+    key, raw = make_key()
+    key.refresh_from_db()
+    assert key.prefix == raw[:12]
+    assert key.key_hash == tokens.digest(raw)
+
+
+# Scopes and bundles.
+
+
+def test_read_only_bundle_is_every_read_scope():
+    assert all_bundles()["read-only"] == [s for s in BUILTIN_SCOPES if s.endswith(":read")]
+    assert len(all_bundles()["read-only"]) == 7
+
+
+def test_workflow_executor_bundle_runs_and_follows_workflows():
+    assert all_bundles()["workflow-executor"] == [
+        "workflows:read",
+        "workflows:execute",
+        "executions:read",
+        "executions:cancel",
+    ]
+
+
+def test_full_access_bundle_is_every_scope():
+    assert all_bundles()["full-access"] == list(BUILTIN_SCOPES)
+    assert len(BUILTIN_SCOPES) == 14
+
+
+def test_expand_merges_scopes_and_bundles_in_registry_order():
+    assert expand(["executions:cancel", "agents:read"], ["read-only"]) == [
+        "workflows:read",
+        "executions:read",
+        "executions:cancel",
+        "agents:read",
+        "threads:read",
+        "triggers:read",
+        "knowledge-bases:read",
+        "webhooks:read",
+    ]
+
+
+def test_expand_rejects_an_unknown_bundle_and_lists_the_known_ones():
+    with pytest.raises(ValueError, match="Unknown bundle: admin") as excinfo:
+        expand(bundles=["admin"])
+    for bundle in ("read-only", "workflow-executor", "full-access"):
+        assert bundle in str(excinfo.value)
+
+
+def test_expand_rejects_an_unknown_scope():
+    with pytest.raises(ValueError, match="Unknown scope: workflows:delete"):
+        expand(["workflows:read", "workflows:delete"])
+
+
+@pytest.mark.django_db
+def test_host_registered_scopes_and_bundles_are_usable(settings, make_key, client):
+    configure(
+        settings,
+        SCOPES={"reports:read": "Read reports", "reports:export": "Export reports"},
+        BUNDLES={"reporting": ["reports:read", "reports:export", "executions:read"]},
+    )
+    assert list(all_scopes())[-2:] == ["reports:read", "reports:export"]
+    assert "reports:read" in all_bundles()["read-only"]
+    assert "reports:export" not in all_bundles()["read-only"]
+    assert all_bundles()["full-access"][-2:] == ["reports:read", "reports:export"]
+    scopes = expand(bundles=["reporting"])
+    assert scopes == ["executions:read", "reports:read", "reports:export"]
+
+    key, raw = make_key(scopes=scopes)
+    key.full_clean()
+    response = call(client, DRF_SCOPED, raw)
+    assert_error(
+        response,
+        403,
+        "insufficient_scope",
+        details={
+            "required_scopes": ["workflows:read", "executions:read"],
+            "missing_scopes": ["workflows:read"],
+            "your_scopes": scopes,
+        },
+    )
+
+
+def test_registered_scopes_go_away_with_the_setting(settings):
+    apikeys = {**settings.APIKEYS, "SCOPES": {"reports:read": "Read reports"}}
+    with override_settings(APIKEYS={**apikeys, "BUNDLES": {"reporting": ["reports:read"]}}):
+        assert "reports:read" in all_scopes()
+        assert "reporting" in all_bundles()
+    assert "reports:read" not in all_scopes()
+    assert "reporting" not in all_bundles()
+
+
+@pytest.mark.django_db
+def test_unknown_scope_is_rejected_by_full_clean(make_key, user):
+    key, _ = make_key()
+    key.scopes = ["workflows:read", "reports:read"]
+    with pytest.raises(ValidationError, match="Unknown scope: reports:read") as excinfo:
+        key.full_clean()
+    assert "scopes" in excinfo.value.message_dict
+    with pytest.raises(ValidationError, match="Unknown scope: nope:read"):
+        APIKey.objects.create_key(owner=user, name="bad", scopes=["nope:read"])
+    assert APIKey.objects.filter(name="bad").count() == 0
