@@ -3,10 +3,16 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# FlowMaestro's official Python SDK is also named `flowmaestro`, like the demo site's
+# package, so it lives in a venv of its own and runs outside the project root.
+SDK_VENV := .venv-sdk
+SDK_STAMP := $(SDK_VENV)/.installed
+SDK_VERSION := 0.1.0
 
 # The suite runs on the machine's real PostgreSQL and Redis.
 TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/postgres} \
-            REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/1}
+            REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/1} \
+            FLOWMAESTRO_SDK_PYTHON=$(CURDIR)/$(SDK_VENV)/bin/python
 
 .PHONY: demo test lint services bench
 
@@ -14,6 +20,11 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+$(SDK_STAMP): Makefile
+	$(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/pip install --quiet --disable-pip-version-check flowmaestro==$(SDK_VERSION)
 	touch $@
 
 demo: $(STAMP)
@@ -26,7 +37,7 @@ lint: $(STAMP)
 services:
 	.ci/ensure-services
 
-test: $(STAMP) lint services
+test: $(STAMP) $(SDK_STAMP) lint services
 	$(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/pytest
 	$(TEST_ENV) $(BIN)/nox

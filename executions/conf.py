@@ -5,7 +5,8 @@ from functools import cache
 from django.conf import settings
 
 CONFIG_DEFAULTS = {
-    # Seconds of silence after which a stream sends ": keepalive" and re-checks its key.
+    # Seconds of silence after which a stream sends ": keepalive"; it re-checks its key
+    # every half interval, so a revoked key ends its streams within one interval.
     "KEEPALIVE_INTERVAL": 15.0,
     # The SSE "retry:" a client waits before reconnecting, in milliseconds.
     "RETRY_MS": 3000,

@@ -192,6 +192,11 @@ def run_execution(execution_id):
             logger.exception("Execution %s failed", execution_id)
             recorder.fail(str(exc) or type(exc).__name__, node_id=recorder.failed_node_id)
             return
+        except BaseException as exc:
+            # The worker is shutting down (SIGTERM, Ctrl-C): say so rather than leave the
+            # execution running forever.
+            recorder.fail(f"The worker stopped during the run ({type(exc).__name__}).")
+            raise
         recorder.complete(outputs)
     except ExecutionFinished as finished:
         logger.info("Execution %s stopped: it is %s.", execution_id, finished.status)

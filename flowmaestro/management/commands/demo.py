@@ -53,7 +53,10 @@ class Command(BaseCommand):
                 ]
             )
             children.append(server)
-            children.append(subprocess.Popen([*manage, "db_worker", "--interval", "0.2"]))
+            # No autoreload: a reload would kill the workflow it is running.
+            children.append(
+                subprocess.Popen([*manage, "db_worker", "--interval", "0.2", "--no-reload"])
+            )
             self.wait_for_port(host, port, server)
             runner = subprocess.Popen(
                 [*manage, "runworkflow", "wf_demo", "--owner", DEMO_USER, "--inputs", DEMO_INPUTS],
