@@ -18,6 +18,7 @@ class TimestampField(serializers.Field):
 class NodeRunSerializer(serializers.ModelSerializer):
     started_at = TimestampField()
     completed_at = TimestampField(allow_null=True)
+    duration_ms = serializers.IntegerField(allow_null=True)
 
     class Meta:
         model = NodeRun
