@@ -100,7 +100,8 @@ def check_scopes(key, required):
 
 
 class KeyStatusCache:
-    """Whether keys still authenticate, per event loop, each answer reused for ``max_age``.
+    """The scopes keys hold while they still authenticate, per event loop, each answer
+    reused for ``max_age``.
 
     Thousands of streams opened with one key ask at about the same time; they share one
     query, and a revoked key is still noticed within ``max_age``.
@@ -109,23 +110,21 @@ class KeyStatusCache:
     def __init__(self):
         self.checks = weakref.WeakKeyDictionary()  # loop -> {key pk: (checked_at, task)}
 
-    async def usable(self, key, max_age):
+    async def scopes(self, key, max_age):
+        """Return the key's scopes, or None if it no longer authenticates."""
         checks = self.checks.setdefault(asyncio.get_running_loop(), {})
         now = time.monotonic()
         checked = checks.get(key.pk)
         if checked is None or now - checked[0] > max_age:
-            checked = checks[key.pk] = (
-                now,
-                asyncio.ensure_future(
-                    run_in_short_session(
-                        lambda: (
-                            APIKey.objects.active()
-                            .filter(pk=key.pk, owner__is_active=True)
-                            .exists()
-                        )
-                    )
-                ),
+            query = run_in_short_session(
+                lambda: (
+                    APIKey.objects.active()
+                    .filter(pk=key.pk, owner__is_active=True)
+                    .values_list("scopes", flat=True)
+                    .first()
+                )
             )
+            checked = checks[key.pk] = (now, asyncio.ensure_future(query))
         try:
             return await asyncio.shield(checked[1])
         except Exception:
@@ -136,9 +135,11 @@ class KeyStatusCache:
 _key_status = KeyStatusCache()
 
 
-async def key_is_usable(key, max_age=0.0):
-    """Return whether ``key`` still authenticates: not revoked, not expired, owner active."""
-    return await _key_status.usable(key, max_age)
+async def key_is_usable(key, required_scopes=(), max_age=0.0):
+    """Return whether ``key`` still authenticates (not revoked or expired, owner active)
+    and still holds ``required_scopes``."""
+    scopes = await _key_status.scopes(key, max_age)
+    return scopes is not None and set(required_scopes) <= set(scopes)
 
 
 def scopes_required(*scopes):

@@ -22,7 +22,9 @@ from .models import Event, Execution
 
 logger = logging.getLogger(__name__)
 
-RECEIVE_RETRY_DELAY = 1.0
+# Seconds between retries of a failed layer or database call; also the poll interval of
+# an execution whose group could not be joined.
+RETRY_DELAY = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,15 +60,6 @@ async def aread_log(execution_id, after_seq, limit=None):
     return await run_in_short_session(read_log, execution_id, after_seq, limit)
 
 
-def poll_interval(layer):
-    configured = get_config()["POLL_INTERVAL"]
-    if configured is not None:
-        return configured
-    if isinstance(layer, InMemoryChannelLayer):
-        return 0.25
-    return get_config()["KEEPALIVE_INTERVAL"]
-
-
 class Topic:
     """One execution watched by this process."""
 
@@ -80,20 +73,13 @@ class Topic:
         self.task = asyncio.create_task(self.run(), name=f"executions-topic-{execution_id}")
 
     async def run(self):
-        self.last_seq = await run_in_short_session(
-            lambda: (
-                Execution.objects.filter(pk=self.execution_id)
-                .values_list("last_seq", flat=True)
-                .first()
-                or 0
-            )
-        )
+        self.last_seq = await self.read_last_seq()
         await self.hub.join(self.group)
         self.ready.set()
-        interval = poll_interval(self.hub.layer)
         while True:
             try:
-                seq = await asyncio.wait_for(self.inbox.get(), interval)
+                async with asyncio.timeout(self.hub.poll_interval(self.group)):
+                    seq = await self.inbox.get()
             except TimeoutError:
                 # Nothing heard: re-join (a restarted Redis forgot the group) and read the
                 # log for anything the layer did not bring.
@@ -102,6 +88,23 @@ class Topic:
                 continue
             if seq > self.last_seq:
                 await self.catch_up()
+
+    async def read_last_seq(self):
+        """Return the execution's last recorded sequence number, retrying while the
+        database is unreachable (streams wait: they could not replay either)."""
+        while True:
+            try:
+                return await run_in_short_session(
+                    lambda: (
+                        Execution.objects.filter(pk=self.execution_id)
+                        .values_list("last_seq", flat=True)
+                        .first()
+                        or 0
+                    )
+                )
+            except Exception as exc:
+                logger.warning("Reading execution %s failed, retrying: %r", self.execution_id, exc)
+                await asyncio.sleep(RETRY_DELAY)
 
     async def catch_up(self):
         """Deliver everything logged after ``last_seq``, in order."""
@@ -170,7 +173,10 @@ class Hub:
         del self.topics[execution_id]
         topic.close()
         await self.leave(topic.group)
-        if not self.topics:
+        if execution_id in self.topics:
+            # Watched again while leaving: the discard may have undone the new join.
+            await self.join(topic.group)
+        elif not self.topics:
             await self.stop_receiver()
 
     async def ensure_receiver(self):
@@ -186,15 +192,24 @@ class Hub:
         if receiver is not None:
             receiver.cancel()
 
+    def poll_interval(self, group):
+        """How long a topic waits for the layer before reading the log itself."""
+        configured = get_config()["POLL_INTERVAL"]
+        if configured is None:
+            in_memory = isinstance(self.layer, InMemoryChannelLayer)
+            configured = 0.25 if in_memory else get_config()["KEEPALIVE_INTERVAL"]
+        return configured if group in self.joined else min(configured, RETRY_DELAY)
+
     async def join(self, group):
         try:
             await self.layer.group_add(group, self.channel)
             self.joined.add(group)
         except Exception as exc:
+            self.joined.discard(group)
             logger.warning("Joining channel-layer group %s failed: %r", group, exc)
 
     async def leave(self, group):
-        if group not in self.joined or self.channel is None:
+        if self.channel is None:
             return
         self.joined.discard(group)
         try:
@@ -210,7 +225,9 @@ class Hub:
                 raise
             except Exception as exc:
                 logger.warning("Channel layer receive failed, retrying: %r", exc)
-                await asyncio.sleep(RECEIVE_RETRY_DELAY)
+                # Redis may have restarted and forgotten every group: poll fast until re-joined.
+                self.joined.clear()
+                await asyncio.sleep(RETRY_DELAY)
                 continue
             if msg.get("type") != MESSAGE_TYPE:
                 continue

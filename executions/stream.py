@@ -16,6 +16,7 @@ from .fanout import OVERFLOW, aread_log, get_hub
 from .models import Execution
 
 LAST_EVENT_ID = re.compile(r"^[0-9]{1,18}$")
+SCOPES = ("executions:read",)
 
 
 def last_event_id(request):
@@ -33,7 +34,7 @@ def last_event_id(request):
     return int(raw)
 
 
-@scopes_required("executions:read")
+@scopes_required(*SCOPES)
 async def execution_events(request, execution_id):
     after = last_event_id(request)
     execution = await run_in_short_session(
@@ -83,7 +84,7 @@ async def event_stream(execution, api_key, last_sent):
                 now = time.monotonic()
                 if now >= key_checked + keepalive / 2:
                     key_checked = now
-                    if not await key_is_usable(api_key, max_age=keepalive / 2):
+                    if not await key_is_usable(api_key, SCOPES, max_age=keepalive / 2):
                         return
                 if now >= last_write + keepalive:
                     last_write = now

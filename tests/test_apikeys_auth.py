@@ -496,6 +496,16 @@ def test_key_is_usable_until_revoked_expired_or_its_owner_deactivated(make_key, 
     assert not usable(active)
 
 
+@pytest.mark.django_db(transaction=True)
+def test_key_is_usable_only_while_it_holds_the_required_scopes(make_key):
+    usable = async_to_sync(key_is_usable)
+    key, _ = make_key(scopes=["executions:read", "workflows:read"])
+    assert usable(key, ["executions:read"])
+    APIKey.objects.filter(pk=key.pk).update(scopes=["workflows:read"])
+    assert not usable(key, ["executions:read"])
+    assert usable(key, ["workflows:read"])
+
+
 # Raw keys: format, display prefix and stored digest.
 
 
