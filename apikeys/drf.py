@@ -52,6 +52,15 @@ def as_api_error(exc):
         return exceptions.ResourceNotFound()
     if isinstance(exc, drf_exceptions.ValidationError):
         return exceptions.ValidationError("The request is not valid.", details=exc.detail)
+    if isinstance(exc, drf_exceptions.ParseError):
+        return exceptions.ValidationError(
+            "The request body is not valid JSON.", details={"body": str(exc.detail)}
+        )
+    if isinstance(exc, drf_exceptions.UnsupportedMediaType):
+        return exceptions.ValidationError(
+            "The request body must be JSON (Content-Type: application/json).",
+            details={"body": str(exc.detail)},
+        )
     if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
         return exceptions.InvalidAPIKey
     if isinstance(exc, drf_exceptions.Throttled):

@@ -69,6 +69,12 @@ class ResourceNotFound(APIError):
             )
 
 
+class MethodNotAllowed(APIError):
+    status_code = status.HTTP_405_METHOD_NOT_ALLOWED
+    default_code = "method_not_allowed"
+    default_detail = "This endpoint does not allow this method."
+
+
 class RateLimitExceeded(APIError):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     default_code = "rate_limit_exceeded"

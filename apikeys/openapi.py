@@ -13,6 +13,10 @@ class APIKeyAuthenticationScheme(OpenApiAuthenticationExtension):
     target_class = "apikeys.drf.APIKeyAuthentication"
     name = list(SECURITY_SCHEMES)
 
+    def get_security_requirement(self, auto_schema):
+        # One requirement object per scheme: either header authenticates, not both at once.
+        return [{name: []} for name in SECURITY_SCHEMES]
+
     def get_security_definition(self, auto_schema):
         return list(SECURITY_SCHEMES.values())
 

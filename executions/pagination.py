@@ -12,7 +12,9 @@ def positive_int(params, name, default):
     raw = params.get(name)
     if raw in (None, ""):
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    # ASCII digits only (str.isdigit() also accepts "²", which int() rejects), and few
+    # enough of them that (page - 1) * per_page stays a valid SQL OFFSET.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 9) or int(raw) < 1:
         raise ValidationError(
             f"{name} must be a positive integer.", details={name: "Must be a positive integer."}
         )

@@ -231,6 +231,10 @@ class ExecutionRecorder:
 
         def change(execution, now):
             execution.status, execution.completed_at = Status.CANCELLED, now
+            for run in execution.nodes.filter(status=Status.RUNNING):
+                run.status, run.completed_at = Status.CANCELLED, now
+                run.duration_ms = round((now - run.started_at).total_seconds() * 1000)
+                run.save(update_fields=["status", "completed_at", "duration_ms"])
             return {"status": Status.CANCELLED, "cancelled_at": format_timestamp(now)}
 
         return self._record(events.EXECUTION_CANCELLED, change)

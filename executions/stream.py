@@ -8,7 +8,7 @@ from django.http import HttpResponse, StreamingHttpResponse
 
 from apikeys.asyncdb import run_in_short_session
 from apikeys.auth import key_is_usable, scopes_required
-from apikeys.exceptions import ResourceNotFound, ValidationError
+from apikeys.exceptions import MethodNotAllowed, ResourceNotFound, ValidationError
 
 from .conf import get_config
 from .events import KEEPALIVE_FRAME, opening_frames
@@ -36,6 +36,8 @@ def last_event_id(request):
 
 @scopes_required(*SCOPES)
 async def execution_events(request, execution_id):
+    if request.method != "GET":
+        raise MethodNotAllowed(f'Method "{request.method}" not allowed.', headers={"Allow": "GET"})
     after = last_event_id(request)
     execution = await run_in_short_session(
         lambda: Execution.objects.visible_to(request.api_key).filter(pk=execution_id).first()

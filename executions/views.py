@@ -95,8 +95,12 @@ class WorkflowExecute(APIView):
             raise ValidationError(
                 "The body must be a JSON object.", details={"body": "Not an object."}
             )
+        inputs = body.get("inputs")
         recorder = create_execution(
-            workflow, owner=request.user, inputs=body.get("inputs") or {}, mode=request.auth.mode
+            workflow,
+            owner=request.user,
+            inputs={} if inputs is None else inputs,
+            mode=request.auth.mode,
         )
         try:
             run_execution_task.enqueue(recorder.execution_id)

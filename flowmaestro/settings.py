@@ -99,7 +99,9 @@ if importlib.util.find_spec("django.tasks") is None:
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
 APIKEYS = {"RATE_LIMIT_REDIS_URL": REDIS_URL}
-EXECUTIONS = {}
+# FlowMaestro's official Python SDK reads streams with httpx's default 5 s read timeout,
+# so this site, which serves SDK clients, sends keepalives more often than the default 15 s.
+EXECUTIONS = {"KEEPALIVE_INTERVAL": 4.0}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
