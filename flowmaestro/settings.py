@@ -98,7 +98,11 @@ if importlib.util.find_spec("django.tasks") is None:
     INSTALLED_APPS.insert(INSTALLED_APPS.index("django_tasks_db"), "django_tasks")
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
-APIKEYS = {"RATE_LIMIT_REDIS_URL": REDIS_URL}
+APIKEYS = {
+    "RATE_LIMIT_REDIS_URL": REDIS_URL,
+    # The contract serves test-mode traffic; a deployment that must not sets this to 0.
+    "ACCEPT_TEST_KEYS": os.environ.get("ACCEPT_TEST_KEYS", "1") == "1",
+}
 # FlowMaestro's official Python SDK reads streams with httpx's default 5 s read timeout,
 # so this site, which serves SDK clients, sends keepalives more often than the default 15 s.
 EXECUTIONS = {"KEEPALIVE_INTERVAL": 4.0}
