@@ -8,30 +8,39 @@ from .conf import get_config
 IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
 
 
-@register(Tags.compatibility, deploy=True)
+def configured_layer():
+    return getattr(settings, "CHANNEL_LAYERS", {}).get(get_config()["CHANNEL_LAYER"])
+
+
+@register(Tags.compatibility)
 def check_channel_layer(app_configs, **kwargs):
-    alias = get_config()["CHANNEL_LAYER"]
-    layers = getattr(settings, "CHANNEL_LAYERS", {})
-    if alias not in layers:
-        return [
-            Error(
-                f"CHANNEL_LAYERS has no {alias!r} layer, so no stream receives live events.",
-                hint="Configure channels_redis.core.RedisChannelLayer (or set "
-                "EXECUTIONS['CHANNEL_LAYER'] to an alias that exists).",
-                id="executions.E001",
-            )
-        ]
-    if layers[alias].get("BACKEND") == IN_MEMORY_LAYER and not settings.DEBUG:
-        return [
-            Warning(
-                "The in-memory channel layer is used while DEBUG is off: events recorded in "
-                "another process reach streams only by polling the database.",
-                hint="Use channels_redis.core.RedisChannelLayer in production (set REDIS_URL "
-                "on the demo site).",
-                id="executions.W001",
-            )
-        ]
-    return []
+    if configured_layer() is not None:
+        return []
+    return [
+        Error(
+            f"CHANNEL_LAYERS has no {get_config()['CHANNEL_LAYER']!r} layer: streams hear of "
+            "new events only by polling the database.",
+            hint="Configure channels_redis.core.RedisChannelLayer (or set "
+            "EXECUTIONS['CHANNEL_LAYER'] to an alias that exists).",
+            id="executions.E001",
+        )
+    ]
+
+
+@register(Tags.compatibility, deploy=True)
+def check_in_memory_layer(app_configs, **kwargs):
+    layer = configured_layer()
+    if layer is None or layer.get("BACKEND") != IN_MEMORY_LAYER or settings.DEBUG:
+        return []
+    return [
+        Warning(
+            "The in-memory channel layer is used while DEBUG is off: events recorded in "
+            "another process reach streams only by polling the database.",
+            hint="Use channels_redis.core.RedisChannelLayer in production (set REDIS_URL "
+            "on the demo site).",
+            id="executions.W001",
+        )
+    ]
 
 
 @register(Tags.database)

@@ -160,7 +160,13 @@ class Hub:
             topic = self.topics[execution_id] = Topic(self, execution_id)
         queue = asyncio.Queue(get_config()["STREAM_QUEUE_SIZE"])
         topic.queues.add(queue)
-        await topic.ready.wait()
+        try:
+            await topic.ready.wait()
+        except BaseException:
+            # The client went away before its stream began, so event_stream's finally
+            # never runs: give the queue back here.
+            await self.unsubscribe(execution_id, queue)
+            raise
         return queue
 
     async def unsubscribe(self, execution_id, queue):
@@ -180,7 +186,7 @@ class Hub:
             await self.stop_receiver()
 
     async def ensure_receiver(self):
-        if self.receiver is None:
+        if self.receiver is None and self.layer is not None:
             self.channel = await self.layer.new_channel(prefix="executions-fanout.")
             self.receiver = asyncio.create_task(self.receive_forever(self.channel))
 
@@ -196,11 +202,13 @@ class Hub:
         """How long a topic waits for the layer before reading the log itself."""
         configured = get_config()["POLL_INTERVAL"]
         if configured is None:
-            in_memory = isinstance(self.layer, InMemoryChannelLayer)
+            in_memory = self.layer is None or isinstance(self.layer, InMemoryChannelLayer)
             configured = 0.25 if in_memory else get_config()["KEEPALIVE_INTERVAL"]
         return configured if group in self.joined else min(configured, RETRY_DELAY)
 
     async def join(self, group):
+        if self.layer is None:
+            return  # no channel layer: the topic reads the log every poll interval
         try:
             await self.layer.group_add(group, self.channel)
             self.joined.add(group)

@@ -37,6 +37,14 @@ class ExecutionFinished(Exception):
         )
 
 
+def close_running_nodes(execution, status, now, error=None):
+    """Finish the node runs an execution leaves running when it ends early."""
+    for run in execution.nodes.filter(status=Status.RUNNING):
+        run.status, run.completed_at, run.error = status, now, error
+        run.duration_ms = round((now - run.started_at).total_seconds() * 1000)
+        run.save(update_fields=["status", "completed_at", "error", "duration_ms"])
+
+
 class NodeRecorder:
     """Handle of a running node: set ``outputs`` before the ``with`` block ends."""
 
@@ -217,6 +225,7 @@ class ExecutionRecorder:
         def change(execution, now):
             execution.status, execution.completed_at = Status.FAILED, now
             execution.error = str(error)
+            close_running_nodes(execution, Status.FAILED, now, error=execution.error)
             return {
                 "status": Status.FAILED,
                 "error": execution.error,
@@ -231,10 +240,7 @@ class ExecutionRecorder:
 
         def change(execution, now):
             execution.status, execution.completed_at = Status.CANCELLED, now
-            for run in execution.nodes.filter(status=Status.RUNNING):
-                run.status, run.completed_at = Status.CANCELLED, now
-                run.duration_ms = round((now - run.started_at).total_seconds() * 1000)
-                run.save(update_fields=["status", "completed_at", "duration_ms"])
+            close_running_nodes(execution, Status.CANCELLED, now)
             return {"status": Status.CANCELLED, "cancelled_at": format_timestamp(now)}
 
         return self._record(events.EXECUTION_CANCELLED, change)

@@ -15,7 +15,7 @@ from .events import KEEPALIVE_FRAME, opening_frames
 from .fanout import OVERFLOW, aread_log, get_hub
 from .models import Execution
 
-LAST_EVENT_ID = re.compile(r"^[0-9]{1,18}$")
+LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")
 SCOPES = ("executions:read",)
 
 
@@ -26,7 +26,7 @@ def last_event_id(request):
         raw = request.GET.get("last_event_id")
     if raw is None or raw == "":
         return None
-    if not LAST_EVENT_ID.match(raw):
+    if not LAST_EVENT_ID.fullmatch(raw):
         raise ValidationError(
             "Last-Event-ID must be a non-negative integer.",
             details={"field": "Last-Event-ID", "value": raw[:100]},

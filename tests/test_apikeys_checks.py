@@ -30,7 +30,7 @@ def ids(messages):
 
 def test_test_keys_accepted_with_debug_off_by_default_warn(settings):
     settings.DEBUG = False
-    assert "ACCEPT_TEST_KEYS" not in settings.APIKEYS
+    settings.APIKEYS = {k: v for k, v in settings.APIKEYS.items() if k != "ACCEPT_TEST_KEYS"}
     assert ids(apikeys_checks.check_test_keys_in_production(None)) == ["apikeys.W001"]
 
 
@@ -116,7 +116,7 @@ def test_secret_key_check_passes_otherwise(settings, debug, secret_key):
 def test_in_memory_channel_layer_with_debug_off_warns(settings):
     settings.DEBUG = False
     settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
-    assert ids(executions_checks.check_channel_layer(None)) == ["executions.W001"]
+    assert ids(executions_checks.check_in_memory_layer(None)) == ["executions.W001"]
 
 
 @pytest.mark.parametrize(
@@ -124,15 +124,17 @@ def test_in_memory_channel_layer_with_debug_off_warns(settings):
     [(True, IN_MEMORY_LAYER), (False, REDIS_LAYER)],
     ids=["debug-on", "redis-layer"],
 )
-def test_channel_layer_check_passes_otherwise(settings, debug, layers):
+def test_channel_layer_checks_pass_otherwise(settings, debug, layers):
     settings.DEBUG = debug
     settings.CHANNEL_LAYERS = layers
     assert executions_checks.check_channel_layer(None) == []
+    assert executions_checks.check_in_memory_layer(None) == []
 
 
 def test_missing_channel_layer_is_an_error(settings):
     settings.CHANNEL_LAYERS = {}
     assert ids(executions_checks.check_channel_layer(None)) == ["executions.E001"]
+    assert executions_checks.check_in_memory_layer(None) == []
 
 
 # executions.W002: SQLite without IMMEDIATE transactions.
@@ -178,6 +180,7 @@ def test_deployment_checks_report_a_misconfigured_production_site(settings):
     settings.SECRET_KEY = DEVELOPMENT_SECRET_KEY
     settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
     settings.MIDDLEWARE = [m for m in settings.MIDDLEWARE if m != apikeys_checks.MIDDLEWARE_PATH]
+    settings.APIKEYS = {k: v for k, v in settings.APIKEYS.items() if k != "ACCEPT_TEST_KEYS"}
     configure(settings, SCOPES={"reports": "Broken"}, BUNDLES={"x": ["nope:read"]})
     found = {message.id for message in run_checks(include_deployment_checks=True)}
     assert found >= MISCONFIGURATION_IDS

@@ -1,0 +1,27 @@
+"""Settings of the server and producer processes that the live tests start.
+
+``tests.settings``, adjusted from the environment the tests pass to the subprocess:
+``CHANNEL_LAYER_BACKEND=memory`` (the in-memory layer instead of channels-redis),
+``EXECUTIONS_KEEPALIVE`` and ``EXECUTIONS_POLL_INTERVAL`` (seconds),
+``APIKEYS_RATE_LIMIT_KEY_PREFIX`` and ``GZIP_MIDDLEWARE=1``.
+"""
+
+import os
+
+from tests.settings import *  # noqa: F403
+from tests.settings import APIKEYS, EXECUTIONS, MIDDLEWARE
+
+if os.environ.get("CHANNEL_LAYER_BACKEND") == "memory":
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+EXECUTIONS = {**EXECUTIONS}
+if os.environ.get("EXECUTIONS_KEEPALIVE"):
+    EXECUTIONS["KEEPALIVE_INTERVAL"] = float(os.environ["EXECUTIONS_KEEPALIVE"])
+if os.environ.get("EXECUTIONS_POLL_INTERVAL"):
+    EXECUTIONS["POLL_INTERVAL"] = float(os.environ["EXECUTIONS_POLL_INTERVAL"])
+
+if os.environ.get("APIKEYS_RATE_LIMIT_KEY_PREFIX"):
+    APIKEYS = {**APIKEYS, "RATE_LIMIT_KEY_PREFIX": os.environ["APIKEYS_RATE_LIMIT_KEY_PREFIX"]}
+
+if os.environ.get("GZIP_MIDDLEWARE") == "1":
+    MIDDLEWARE = ["django.middleware.gzip.GZipMiddleware", *MIDDLEWARE]

@@ -1,0 +1,270 @@
+"""The event stream through real ASGI servers (daphne, uvicorn) in their own processes, fed
+by ``manage.py runworkflow`` in yet another process, over the real Redis or, with the
+in-memory layer, by polling the log alone."""
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+import uuid
+
+import httpx
+import pytest
+
+from apikeys.asyncdb import run_in_short_session as db
+from executions.models import Status
+from executions.recorder import ExecutionRecorder
+from tests.live_server import (
+    Producer,
+    events_url,
+    expected_body,
+    frames_of,
+    ids_of,
+    live_server,
+    redis_group_members,
+    without_keepalives,
+)
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+KEEPALIVE = "0.3"
+# How long a test waits for something that must happen; far above what it takes.
+TIMEOUT = 20.0
+# The threads a server may add however many streams it holds: the workers of its event
+# loop's default executor (ThreadPoolExecutor's default size), where streams borrow a
+# thread for each database read, and asgiref's one sync thread, with one to spare.
+THREAD_ALLOWANCE = min(32, (os.cpu_count() or 1) + 4) + 2
+
+SERVER_ENV = {
+    # Only Redis brings events to these servers: a log poll every minute finds nothing
+    # in time.
+    "redis": {"EXECUTIONS_POLL_INTERVAL": "60"},
+    # The in-memory layer cannot hear the producer's process: polling the log is all.
+    "memory": {"CHANNEL_LAYER_BACKEND": "memory"},
+}
+
+
+def start_server(server, layer, **env):
+    return live_server(
+        server,
+        EXECUTIONS_KEEPALIVE=KEEPALIVE,
+        APIKEYS_RATE_LIMIT_KEY_PREFIX=f"test-rl:{uuid.uuid4().hex}",
+        GZIP_MIDDLEWARE="1",
+        **SERVER_ENV[layer],
+        **env,
+    )
+
+
+@pytest.fixture(scope="module")
+def daphne(django_db_setup):
+    with start_server("daphne", "redis") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def daphne_memory(django_db_setup):
+    with start_server("daphne", "memory") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def uvicorn(django_db_setup):
+    with start_server("uvicorn", "redis") as server:
+        yield server
+
+
+SERVERS = {"daphne": "redis", "daphne_memory": "memory", "uvicorn": "redis"}
+
+
+@pytest.fixture
+def raw_key(make_key):
+    return make_key()[1]
+
+
+class LiveStream:
+    """An open stream to a live server, read as the test asks."""
+
+    def __init__(self, response):
+        self.response = response
+        self.body = b""
+        self.chunks = response.iter_raw()
+
+    def read_until(self, predicate=None):
+        """Read until ``predicate(body)`` holds or, without one, until the server ends the
+        stream; return the body so far."""
+        deadline = time.monotonic() + TIMEOUT
+        for chunk in self.chunks:
+            self.body += chunk
+            if predicate is not None and predicate(self.body):
+                return self.body
+            assert time.monotonic() < deadline, f"Still waiting after {TIMEOUT} s: {self.body!r}"
+        assert predicate is None, f"The stream ended first: {self.body!r}"
+        return self.body
+
+
+@contextlib.contextmanager
+def open_stream(server, execution_id, raw, **headers):
+    url = server.url + events_url(execution_id)
+    headers = {"X-API-Key": raw, **headers}
+    with httpx.stream("GET", url, headers=headers, timeout=TIMEOUT) as response:
+        yield LiveStream(response)
+
+
+def read_stream(server, execution_id, raw, *, until=None, **headers):
+    """GET the stream and read it until the server ends it (or ``until(body)`` holds);
+    return the response and the body."""
+    with open_stream(server, execution_id, raw, **headers) as stream:
+        stream.read_until(until)
+    return stream.response, stream.body
+
+
+def connected_status(body):
+    """The ``status`` the stream's ``connected`` event reported."""
+    data = frames_of(body)[1].split(b"\n")[1].removeprefix(b"data: ")
+    return json.loads(data)["status"]
+
+
+@pytest.mark.parametrize("server_name", sorted(SERVERS))
+def test_a_producer_in_another_process_reaches_the_stream(request, user, raw_key, server_name):
+    server = request.getfixturevalue(server_name)
+    producer = Producer(
+        user.username, {"nodes": 3, "delay_ms": 150}, **SERVER_ENV[SERVERS[server_name]]
+    )
+    try:
+        response, body = read_stream(server, producer.execution_id, raw_key)
+        producer.wait()
+    finally:
+        producer.close()
+
+    assert response.status_code == 200
+    assert ids_of(body) == list(range(1, 12))
+    assert frames_of(body)[-1].split(b"\n")[1] == b"event: execution:completed"
+    status = connected_status(body)
+    assert status in {Status.PENDING, Status.RUNNING, Status.COMPLETED}
+    assert without_keepalives(body) == expected_body(producer.execution_id, status)
+
+
+@pytest.mark.parametrize("server_name", ["daphne", "uvicorn"])
+def test_the_real_server_sends_the_stream_headers(request, user, raw_key, server_name):
+    server = request.getfixturevalue(server_name)
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_live")
+    recorder.start()
+    response, body = read_stream(
+        server, recorder.execution_id, raw_key, until=lambda body: ids_of(body) == [1]
+    )
+    assert response.status_code == 200
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert response.headers["Cache-Control"] == "no-cache"
+    assert response.headers["X-Accel-Buffering"] == "no"
+    uuid.UUID(response.headers["X-Request-ID"])
+    assert "Content-Length" not in response.headers
+    assert body == expected_body(recorder.execution_id, "running")
+
+
+def test_the_real_server_does_not_gzip_the_stream(daphne, user, raw_key):
+    missing = "exec_" + "x" * 200
+    not_found = httpx.get(
+        daphne.url + events_url(missing),
+        headers={"X-API-Key": raw_key, "Accept-Encoding": "gzip"},
+        timeout=TIMEOUT,
+    )
+    assert not_found.status_code == 404
+    assert not_found.headers["Content-Encoding"] == "gzip"  # the middleware is in place
+    assert not_found.json()["error"]["code"] == "resource_not_found"  # httpx decompressed it
+
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_live")
+    recorder.start()
+    recorder.complete({"ok": True})
+    response, body = read_stream(
+        daphne, recorder.execution_id, raw_key, **{"Accept-Encoding": "gzip"}
+    )
+    assert response.headers["Content-Type"] == "text/event-stream"
+    assert "Content-Encoding" not in response.headers
+    assert body == expected_body(recorder.execution_id, "completed")
+
+
+def running_execution(user):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_live")
+    recorder.start()
+    return recorder.execution_id
+
+
+async def open_streams(client, url, raw, count):
+    """Open ``count`` streams at once; return them once each has delivered event 1."""
+
+    async def open_one():
+        request = client.build_request("GET", url, headers={"X-API-Key": raw})
+        response = await client.send(request, stream=True)
+        assert response.status_code == 200
+        body = b""
+        async for chunk in response.aiter_raw():
+            body += chunk
+            if ids_of(body) == [1]:
+                return response
+        raise AssertionError(f"The stream ended first: {body!r}")
+
+    return await asyncio.wait_for(asyncio.gather(*(open_one() for _ in range(count))), TIMEOUT)
+
+
+async def wait_until(predicate):
+    deadline = time.monotonic() + TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, "Still waiting"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_clients_going_away_leave_neither_threads_nor_subscriptions(
+    daphne, user, raw_key, redis_client
+):
+    execution_id = await db(running_execution, user)
+    url = daphne.url + events_url(execution_id)
+
+    def members():
+        return redis_group_members(redis_client, execution_id)
+
+    limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
+    async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as client:
+        for warm_up in await open_streams(client, url, raw_key, 2):
+            await warm_up.aclose()
+        await wait_until(lambda: members() == 0)
+        before = daphne.thread_count()
+
+        streams = await open_streams(client, url, raw_key, 30)
+        during = daphne.thread_count()
+        assert members() == 1  # one channel per process
+
+        for stream in streams:
+            await stream.aclose()
+        await wait_until(lambda: members() == 0)
+    after = daphne.thread_count()
+
+    assert during - before <= THREAD_ALLOWANCE, (before, during)
+    assert after - before <= THREAD_ALLOWANCE, (before, after)
+
+
+def test_events_recorded_while_the_server_restarts_arrive_on_reconnect(user, raw_key):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_live", total_nodes=10)
+    recorder.start()
+    recorder.progress(completed_nodes=1)
+    with start_server("daphne", "redis") as server:
+        with open_stream(server, recorder.execution_id, raw_key) as first:
+            first.read_until(lambda body: ids_of(body) == [1, 2])
+            recorder.progress(completed_nodes=2)
+            first.read_until(lambda body: ids_of(body) == [1, 2, 3])
+            server.stop()
+        recorder.progress(completed_nodes=3)
+        recorder.progress(completed_nodes=4)
+        server.start()
+
+        with open_stream(
+            server, recorder.execution_id, raw_key, **{"Last-Event-ID": "3"}
+        ) as second:
+            second.read_until(lambda body: ids_of(body) == [4, 5])
+            recorder.progress(completed_nodes=5)
+            recorder.complete({"done": True})
+            second.read_until()
+
+    assert ids_of(first.body) + ids_of(second.body) == list(range(1, 8))
+    assert without_keepalives(second.body) == expected_body(recorder.execution_id, "running", 3)
