@@ -1,7 +1,7 @@
 """Start a workflow with FlowMaestro's official Python SDK and watch it live.
 
-    pip install flowmaestro==0.1.0
-    FLOWMAESTRO_API_KEY=fm_live_... python watch.py [base_url]
+pip install flowmaestro==0.1.0
+FLOWMAESTRO_API_KEY=fm_live_... python watch.py [base_url]
 """
 
 import os
