@@ -37,6 +37,13 @@ lint: $(STAMP)
 services:
 	.ci/ensure-services
 
+# On demand, not in CI: minutes of load on a quiet machine (docs/performance.md).
+bench: $(STAMP) services
+	for server in daphne uvicorn; do \
+	  $(BIN)/python bench/stream_load.py --server $$server && \
+	  $(BIN)/python bench/stream_load.py --server $$server --idle || exit 1; \
+	done
+
 test: $(STAMP) $(SDK_STAMP) lint services
 	$(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/pytest

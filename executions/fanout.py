@@ -150,13 +150,16 @@ class Hub:
         self.topics = {}
         self.channel = None
         self.receiver = None
+        self.receiver_lock = asyncio.Lock()
         self.joined = set()
 
     async def subscribe(self, execution_id):
         """Return a queue that gets the execution's events from now on, in order."""
+        await self.ensure_receiver()
+        # No await between the look-up and the insert: streams subscribing at the same
+        # time must share one Topic, or those left on a replaced one hear only its polls.
         topic = self.topics.get(execution_id)
         if topic is None:
-            await self.ensure_receiver()
             topic = self.topics[execution_id] = Topic(self, execution_id)
         queue = asyncio.Queue(get_config()["STREAM_QUEUE_SIZE"])
         topic.queues.add(queue)
@@ -186,9 +189,10 @@ class Hub:
             await self.stop_receiver()
 
     async def ensure_receiver(self):
-        if self.receiver is None and self.layer is not None:
-            self.channel = await self.layer.new_channel(prefix="executions-fanout.")
-            self.receiver = asyncio.create_task(self.receive_forever(self.channel))
+        async with self.receiver_lock:  # new_channel() may await (the pub/sub layer's does)
+            if self.receiver is None and self.layer is not None:
+                self.channel = await self.layer.new_channel(prefix="executions-fanout.")
+                self.receiver = asyncio.create_task(self.receive_forever(self.channel))
 
     async def stop_receiver(self):
         # Only cancelled once no execution is watched here, so a message the layer had

@@ -86,7 +86,12 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("CHANNEL_PREFIX", "asgi")},
+            "CONFIG": {
+                # Longer than the layer's 5 s blocking receive: redis-py's default socket
+                # timeout (5 s) would cut every quiet receive short with an error.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+                "prefix": os.environ.get("CHANNEL_PREFIX", "asgi"),
+            },
         }
     }
 else:
