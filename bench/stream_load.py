@@ -616,17 +616,23 @@ async def start_py_spy(py_spy, pid, output, seconds):
     )
 
 
-async def run_load(args, server, path, key, execution_id):
-    results = {}
-    sampler = Sampler(server.pid, server.port)
-    await sampler.start()
+async def open_all(args, server, path, key):
+    """Open ``args.streams`` streams and wait for their history; return them, the
+    failures, the seconds it took and how many connected."""
     started = time.monotonic()
     streams, failures, _ = await open_streams(
         server.port, path, key, args.streams, args.connect_concurrency, args.connect_timeout
     )
     await wait_replayed(streams, args.connect_timeout)
-    connect_seconds = time.monotonic() - started
     connected = sum(1 for s in streams if s.is_connected)
+    return streams, failures, time.monotonic() - started, connected
+
+
+async def run_load(args, server, path, key, execution_id):
+    results = {}
+    sampler = Sampler(server.pid, server.port)
+    await sampler.start()
+    streams, failures, connect_seconds, connected = await open_all(args, server, path, key)
     results.update(connected=connected, connect_seconds=connect_seconds, failures=failures)
     rss_before, threads, pg = await sampler.sample()
 
@@ -696,13 +702,7 @@ async def run_idle(args, server, path, key, recorder):
     rss_before, threads_before, pg_before = await sampler.sample()
     sampler.peak_threads = sampler.peak_pg = 0
     snapshot_before = await server.snapshot()
-    started = time.monotonic()
-    streams, failures, _ = await open_streams(
-        server.port, path, key, args.streams, args.connect_concurrency, args.connect_timeout
-    )
-    await wait_replayed(streams, args.connect_timeout)
-    connect_seconds = time.monotonic() - started
-    connected = sum(1 for s in streams if s.is_connected)
+    streams, failures, connect_seconds, connected = await open_all(args, server, path, key)
     await asyncio.sleep(1.0)
     rss_open, threads_open, pg_open = await sampler.sample()
     # Hold past a keepalive interval: every stream runs its key check and keepalive.
