@@ -17,7 +17,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from apikeys.asyncdb import run_in_short_session
 
 from .conf import get_config
-from .events import MESSAGE_TYPE, TERMINAL_EVENTS, group_name
+from .events import MESSAGE_TYPE, TERMINAL_EVENTS, frame, group_name
 from .models import Event, Execution
 
 logger = logging.getLogger(__name__)
@@ -45,8 +45,6 @@ OVERFLOW = Item(0, "overflow", b"")  # put in a queue its stream stopped drainin
 
 def read_log(execution_id, after_seq, limit):
     """Return up to ``limit`` logged events of an execution after ``after_seq``, as Items."""
-    from .events import frame
-
     rows = (
         Event.objects.filter(execution_id=execution_id, seq__gt=after_seq)
         .order_by("seq")
