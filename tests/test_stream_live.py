@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import time
 import uuid
 
@@ -268,3 +269,25 @@ def test_events_recorded_while_the_server_restarts_arrive_on_reconnect(user, raw
 
     assert ids_of(first.body) + ids_of(second.body) == list(range(1, 8))
     assert without_keepalives(second.body) == expected_body(recorder.execution_id, "running", 3)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_producer_stopped_by_sigterm_records_that_its_run_failed(user):
+    producer = Producer(user.username, {"nodes": 3, "delay_ms": 5000})
+    try:
+        recorder = ExecutionRecorder(producer.execution_id)
+        deadline = time.monotonic() + 30
+        while not recorder.execution.nodes.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        producer.process.send_signal(signal.SIGTERM)
+        _, stderr = producer.process.communicate(timeout=30)
+    finally:
+        producer.close()
+    execution = recorder.execution
+    assert producer.process.returncode == 1
+    assert f"Interrupted: {execution.id} is recorded as failed." in stderr
+    assert (execution.status, execution.error) == (
+        "failed",
+        "The worker stopped during the run (KeyboardInterrupt).",
+    )
+    assert list(execution.nodes.values_list("status", flat=True)) == ["failed"]

@@ -1,4 +1,5 @@
 import json
+import signal
 import sys
 
 from django.contrib.auth import get_user_model
@@ -22,6 +23,8 @@ class Command(BaseCommand):
         parser.add_argument("--mode", choices=list(Mode.values), default=Mode.LIVE)
 
     def handle(self, *args, workflow_id, owner, inputs, mode, **options):
+        # Stopped by a supervisor (SIGTERM) as by Ctrl-C, so the run records that it stopped.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         workflow = get_workflow(workflow_id)
         if workflow is None:
             known = ", ".join(sorted(registry())) or "none"
@@ -42,6 +45,11 @@ class Command(BaseCommand):
         self.stdout.write(recorder.execution_id)
         self.stdout.flush()
         sys.stdout.flush()
-        run_execution(recorder.execution_id)
+        try:
+            run_execution(recorder.execution_id)
+        except KeyboardInterrupt:
+            raise CommandError(
+                f"Interrupted: {recorder.execution_id} is recorded as failed."
+            ) from None
         execution = recorder.execution
         self.stderr.write(f"{execution.id} {execution.status}")

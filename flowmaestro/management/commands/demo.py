@@ -31,6 +31,8 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
 
     def handle(self, *args, host, port, **options):
+        # Stopped by a supervisor (SIGTERM) as by Ctrl-C: stop the server and worker too.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
         call_command("migrate", verbosity=0)
         user = self.demo_user()
         key, raw = APIKey.objects.create_key(
@@ -74,7 +76,7 @@ class Command(BaseCommand):
         finally:
             for child in children:
                 if child.poll() is None:
-                    child.send_signal(signal.SIGINT)
+                    child.terminate()
             for child in children:
                 try:
                     child.wait(timeout=10)
