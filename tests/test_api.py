@@ -20,44 +20,13 @@ from executions import workflows as registry_module
 from executions.models import Event, Execution, NodeRun, Status
 from executions.recorder import ExecutionFinished, ExecutionRecorder
 from executions.workflows import Input, Workflow, run_execution
+from tests.contract import EXECUTION_FIELDS, NODE_FIELDS, PAGINATION_FIELDS
 
 pytestmark = pytest.mark.django_db
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 EXECUTION_ID = re.compile(r"^exec_[A-Za-z0-9_-]{16,}$")
 RATE_LIMIT_HEADERS = ("X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset")
-PAGINATION_FIELDS = {
-    "page",
-    "per_page",
-    "total_count",
-    "total_pages",
-    "has_next",
-    "has_prev",
-    "has_more",
-}
-EXECUTION_FIELDS = {
-    "id",
-    "workflow_id",
-    "status",
-    "inputs",
-    "outputs",
-    "error",
-    "started_at",
-    "completed_at",
-    "created_at",
-    "duration_ms",
-    "nodes",
-}
-NODE_FIELDS = {
-    "node_id",
-    "node_type",
-    "status",
-    "outputs",
-    "error",
-    "started_at",
-    "completed_at",
-    "duration_ms",
-}
 DEMO_DEFAULTS = {"nodes": 3, "delay_ms": 500}
 MISSING_ID = "exec_doesNotExist0000000000"
 

@@ -16,6 +16,7 @@ from django.test import Client
 from drf_spectacular.validation import validate_schema
 
 import flowmaestro
+from tests.contract import EXECUTION_FIELDS, NODE_FIELDS, PAGINATION_FIELDS
 
 SCHEMA = "/api/v1/schema/"
 DOCS = "/api/v1/docs/"
@@ -158,15 +159,7 @@ def test_each_success_response_is_the_data_envelope(schema, method, path, status
     if many:
         data = data["items"]
         pagination = resolve(schema, envelope["properties"]["pagination"])
-        assert set(pagination["properties"]) == {
-            "page",
-            "per_page",
-            "total_count",
-            "total_pages",
-            "has_next",
-            "has_prev",
-            "has_more",
-        }
+        assert set(pagination["properties"]) == PAGINATION_FIELDS
     assert data == {"$ref": f"#/components/schemas/{item}"}
 
 
@@ -188,29 +181,8 @@ def test_resource_components_have_the_contract_fields(schema):
         "required",
         "description",
     }
-    assert set(components["Execution"]["properties"]) == {
-        "id",
-        "workflow_id",
-        "status",
-        "inputs",
-        "outputs",
-        "error",
-        "started_at",
-        "completed_at",
-        "created_at",
-        "duration_ms",
-        "nodes",
-    }
-    assert set(components["NodeRun"]["properties"]) == {
-        "node_id",
-        "node_type",
-        "status",
-        "outputs",
-        "error",
-        "started_at",
-        "completed_at",
-        "duration_ms",
-    }
+    assert set(components["Execution"]["properties"]) == EXECUTION_FIELDS
+    assert set(components["NodeRun"]["properties"]) == NODE_FIELDS
     assert set(components["ExecuteResponse"]["properties"]) == {
         "execution_id",
         "workflow_id",

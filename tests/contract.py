@@ -1,0 +1,34 @@
+"""The field sets the contract (../shared/spec/api.md) names, for tests to compare against."""
+
+PAGINATION_FIELDS = {
+    "page",
+    "per_page",
+    "total_count",
+    "total_pages",
+    "has_next",
+    "has_prev",
+    "has_more",
+}
+EXECUTION_FIELDS = {
+    "id",
+    "workflow_id",
+    "status",
+    "inputs",
+    "outputs",
+    "error",
+    "started_at",
+    "completed_at",
+    "created_at",
+    "duration_ms",
+    "nodes",
+}
+NODE_FIELDS = {
+    "node_id",
+    "node_type",
+    "status",
+    "outputs",
+    "error",
+    "started_at",
+    "completed_at",
+    "duration_ms",
+}
