@@ -32,3 +32,12 @@ NODE_FIELDS = {
     "completed_at",
     "duration_ms",
 }
+WORKFLOW_FIELDS = {
+    "id",
+    "name",
+    "description",
+    "version",
+    "inputs",
+    "created_at",
+    "updated_at",
+}

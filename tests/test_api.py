@@ -20,7 +20,7 @@ from executions import workflows as registry_module
 from executions.models import Event, Execution, NodeRun, Status
 from executions.recorder import ExecutionFinished, ExecutionRecorder
 from executions.workflows import Input, Workflow, run_execution
-from tests.contract import EXECUTION_FIELDS, NODE_FIELDS, PAGINATION_FIELDS
+from tests.contract import EXECUTION_FIELDS, NODE_FIELDS, PAGINATION_FIELDS, WORKFLOW_FIELDS
 
 pytestmark = pytest.mark.django_db
 
@@ -240,15 +240,7 @@ def test_workflow_list_pages_through_the_workflows(client, raw, extra_workflow):
 def test_workflow_detail_describes_each_input(client, raw):
     data = assert_success(call(client, "get", "/api/v1/workflows/wf_demo", raw))
 
-    assert set(data) == {
-        "id",
-        "name",
-        "description",
-        "version",
-        "inputs",
-        "created_at",
-        "updated_at",
-    }
+    assert set(data) == WORKFLOW_FIELDS
     assert data["id"] == "wf_demo"
     assert data["version"] == 1
     assert data["created_at"] == "2026-11-01T00:00:00.000Z"

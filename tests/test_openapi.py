@@ -16,7 +16,7 @@ from django.test import Client
 from drf_spectacular.validation import validate_schema
 
 import flowmaestro
-from tests.contract import EXECUTION_FIELDS, NODE_FIELDS, PAGINATION_FIELDS
+from tests.contract import EXECUTION_FIELDS, NODE_FIELDS, PAGINATION_FIELDS, WORKFLOW_FIELDS
 
 SCHEMA = "/api/v1/schema/"
 DOCS = "/api/v1/docs/"
@@ -166,15 +166,7 @@ def test_each_success_response_is_the_data_envelope(schema, method, path, status
 def test_resource_components_have_the_contract_fields(schema):
     components = schema["components"]["schemas"]
 
-    assert set(components["Workflow"]["properties"]) == {
-        "id",
-        "name",
-        "description",
-        "version",
-        "inputs",
-        "created_at",
-        "updated_at",
-    }
+    assert set(components["Workflow"]["properties"]) == WORKFLOW_FIELDS
     assert set(components["WorkflowInput"]["properties"]) == {
         "type",
         "label",
