@@ -3,18 +3,23 @@
 However many streams watch one execution, a process joins that execution's channel-layer
 group once, through a single channel that one task receives from. Each watched execution
 (a ``Topic``) hands its events, in sequence order and without gaps, to its streams'
-queues: an event the layer did not bring (dropped over capacity, lost in a Redis restart,
-sent in a process whose in-memory layer this one cannot hear) is read from the log first.
+subscriptions: an event the layer did not bring (dropped over capacity, lost in a Redis
+restart, sent in a process whose in-memory layer this one cannot hear) is read from the
+log first. One ticker per process sends keepalives and re-checks keys for every stream,
+so an open stream waits on nothing but its own subscription.
 """
 
 import asyncio
 import logging
+import time
 import weakref
+from collections import defaultdict
 from dataclasses import dataclass
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from apikeys.asyncdb import run_in_short_session
+from apikeys.auth import key_is_usable
 
 from .conf import get_config
 from .events import MESSAGE_TYPE, TERMINAL_EVENTS, frame, group_name
@@ -25,6 +30,9 @@ logger = logging.getLogger(__name__)
 # Seconds between retries of a failed layer or database call; also the poll interval of
 # an execution whose group could not be joined.
 RETRY_DELAY = 1.0
+# The ticker runs this many times per keepalive interval: a stream is never silent for
+# longer than the interval, and a key that may no longer read is noticed within it.
+TICKS_PER_KEEPALIVE = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,9 +46,6 @@ class Item:
     @property
     def is_terminal(self):
         return self.event in TERMINAL_EVENTS
-
-
-OVERFLOW = Item(0, "overflow", b"")  # put in a queue its stream stopped draining
 
 
 def read_log(execution_id, after_seq, limit):
@@ -58,13 +63,64 @@ async def aread_log(execution_id, after_seq, limit=None):
     return await run_in_short_session(read_log, execution_id, after_seq, limit)
 
 
+class Subscription:
+    """One open stream's share of a topic: the events delivered to it and not yet taken.
+
+    A list and at most one future, not an ``asyncio.Queue``: thousands of streams each
+    hold one, and each event touches every one of them.
+    """
+
+    __slots__ = ("api_key", "ended", "items", "keepalive_due", "last_write", "scopes", "waiter")
+
+    def __init__(self, api_key, scopes):
+        self.api_key, self.scopes = api_key, scopes
+        self.items = []
+        self.waiter = None
+        self.ended = False  # the stream must end: its client is too slow, or its key is void
+        self.keepalive_due = False
+        self.last_write = time.monotonic()
+
+    def put(self, item):
+        self.items.append(item)
+        self.wake()
+
+    def end(self):
+        self.ended = True
+        self.wake()
+
+    def ask_for_keepalive(self):
+        self.keepalive_due = True
+        self.wake()
+
+    def wake(self):
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait(self):
+        """Return once there are items to take, a keepalive is due or the stream must end."""
+        if self.items or self.ended or self.keepalive_due:
+            return
+        self.waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self.waiter
+        finally:
+            self.waiter = None
+
+    def take(self):
+        """Return the items delivered since the last call, oldest first."""
+        items, self.items = self.items, []
+        self.keepalive_due = False
+        return items
+
+
 class Topic:
     """One execution watched by this process."""
 
     def __init__(self, hub, execution_id):
         self.hub, self.execution_id = hub, execution_id
         self.group = group_name(execution_id)
-        self.queues = set()
+        self.subscriptions = set()
         self.inbox = asyncio.Queue()
         self.last_seq = 0
         self.ready = asyncio.Event()
@@ -128,13 +184,17 @@ class Topic:
         if item.seq != self.last_seq + 1:
             return
         self.last_seq = item.seq
-        for queue in list(self.queues):
-            try:
-                queue.put_nowait(item)
-            except asyncio.QueueFull:
-                self.queues.discard(queue)
-                queue.get_nowait()
-                queue.put_nowait(OVERFLOW)
+        limit = get_config()["STREAM_QUEUE_SIZE"]
+        too_slow = []
+        for subscription in self.subscriptions:
+            if len(subscription.items) < limit:
+                subscription.put(item)
+            else:
+                too_slow.append(subscription)
+        for subscription in too_slow:
+            # The client resumes from the log when it reconnects with Last-Event-ID.
+            self.subscriptions.discard(subscription)
+            subscription.end()
 
     def close(self):
         self.task.cancel()
@@ -150,32 +210,36 @@ class Hub:
         self.receiver = None
         self.receiver_lock = asyncio.Lock()
         self.joined = set()
+        self.ticker = None
 
-    async def subscribe(self, execution_id):
-        """Return a queue that gets the execution's events from now on, in order."""
+    async def subscribe(self, execution_id, api_key, scopes):
+        """Return a ``Subscription`` to the execution's events from now on, in order, that
+        ends once ``api_key`` no longer authenticates or lacks one of ``scopes``."""
         await self.ensure_receiver()
         # No await between the look-up and the insert: streams subscribing at the same
         # time must share one Topic, or those left on a replaced one hear only its polls.
         topic = self.topics.get(execution_id)
         if topic is None:
             topic = self.topics[execution_id] = Topic(self, execution_id)
-        queue = asyncio.Queue(get_config()["STREAM_QUEUE_SIZE"])
-        topic.queues.add(queue)
+        subscription = Subscription(api_key, scopes)
+        topic.subscriptions.add(subscription)
+        if self.ticker is None:
+            self.ticker = asyncio.create_task(self.tick_forever(), name="executions-ticker")
         try:
             await topic.ready.wait()
         except BaseException:
             # The client went away before its stream began, so event_stream's finally
-            # never runs: give the queue back here.
-            await self.unsubscribe(execution_id, queue)
+            # never runs: give the subscription back here.
+            await self.unsubscribe(execution_id, subscription)
             raise
-        return queue
+        return subscription
 
-    async def unsubscribe(self, execution_id, queue):
+    async def unsubscribe(self, execution_id, subscription):
         topic = self.topics.get(execution_id)
         if topic is None:
             return
-        topic.queues.discard(queue)
-        if topic.queues:
+        topic.subscriptions.discard(subscription)
+        if topic.subscriptions:
             return
         del self.topics[execution_id]
         topic.close()
@@ -184,7 +248,7 @@ class Hub:
             # Watched again while leaving: the discard may have undone the new join.
             await self.join(topic.group)
         elif not self.topics:
-            await self.stop_receiver()
+            self.stop()
 
     async def ensure_receiver(self):
         async with self.receiver_lock:  # new_channel() may await (the pub/sub layer's does)
@@ -192,13 +256,16 @@ class Hub:
                 self.channel = await self.layer.new_channel(prefix="executions-fanout.")
                 self.receiver = asyncio.create_task(self.receive_forever(self.channel))
 
-    async def stop_receiver(self):
-        # Only cancelled once no execution is watched here, so a message the layer had
-        # already taken when receive() was cancelled is one nobody here wanted.
+    def stop(self):
+        """Stop receiving and ticking, once no execution is watched here."""
+        # Only then, so a message the layer had already taken when receive() was
+        # cancelled is one nobody here wanted.
         receiver, self.receiver, self.channel = self.receiver, None, None
+        ticker, self.ticker = self.ticker, None
         self.joined.clear()
-        if receiver is not None:
-            receiver.cancel()
+        for task in (receiver, ticker):
+            if task is not None:
+                task.cancel()
 
     def poll_interval(self, group):
         """How long a topic waits for the layer before reading the log itself."""
@@ -244,6 +311,36 @@ class Hub:
             topic = self.topics.get(msg["execution_id"])
             if topic is not None:
                 topic.receive(Item(msg["seq"], msg["event"], msg["frame"].encode()))
+
+    async def tick_forever(self):
+        while True:
+            interval = get_config()["KEEPALIVE_INTERVAL"]
+            await asyncio.sleep(interval / TICKS_PER_KEEPALIVE)
+            subscriptions = [s for topic in self.topics.values() for s in topic.subscriptions]
+            quiet_since = time.monotonic() - interval * (1 - 1 / TICKS_PER_KEEPALIVE)
+            for subscription in subscriptions:
+                if subscription.last_write <= quiet_since:
+                    subscription.ask_for_keepalive()
+            await self.end_unauthorized(subscriptions, max_age=interval / 2)
+
+    async def end_unauthorized(self, subscriptions, max_age):
+        """End the subscriptions whose key no longer authenticates or lacks their scopes;
+        one query per key however many streams it opened."""
+        by_key = defaultdict(list)
+        for subscription in subscriptions:
+            by_key[subscription.api_key.pk, subscription.scopes].append(subscription)
+        groups = list(by_key.values())
+        answers = await asyncio.gather(
+            *(key_is_usable(group[0].api_key, group[0].scopes, max_age) for group in groups),
+            return_exceptions=True,
+        )
+        for group, usable in zip(groups, answers, strict=True):
+            if isinstance(usable, Exception):
+                # The database is unreachable: keep streaming what was recorded before.
+                logger.warning("Re-checking an API key failed: %r", usable)
+            elif not usable:
+                for subscription in group:
+                    subscription.end()
 
 
 _hubs = weakref.WeakKeyDictionary()

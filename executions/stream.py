@@ -1,18 +1,17 @@
 """``GET /api/v1/executions/:id/events``: an execution's events as server-sent events."""
 
-import asyncio
 import re
 import time
 
 from django.http import HttpResponse, StreamingHttpResponse
 
 from apikeys.asyncdb import run_in_short_session
-from apikeys.auth import key_is_usable, scopes_required
+from apikeys.auth import scopes_required
 from apikeys.exceptions import MethodNotAllowed, ResourceNotFound, ValidationError
 
 from .conf import get_config
 from .events import KEEPALIVE_FRAME, opening_frames
-from .fanout import OVERFLOW, aread_log, get_hub
+from .fanout import aread_log, get_hub
 from .models import Execution
 
 LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")
@@ -64,43 +63,24 @@ async def event_stream(execution, api_key, last_sent):
     Subscribing comes before reading the log, so nothing falls between replay and live;
     sequence numbers drop the overlap and reveal any gap, which the log fills.
     """
-    config = get_config()
-    keepalive = config["KEEPALIVE_INTERVAL"]
     hub = get_hub()
-    queue = await hub.subscribe(execution.pk)
+    subscription = await hub.subscribe(execution.pk, api_key, SCOPES)
     try:
         yield opening_frames(execution.pk, execution.status)
         async for batch in log_batches(execution.pk, last_sent):
+            subscription.last_write = time.monotonic()
             yield b"".join(item.frame for item in batch)
             last_sent = batch[-1].seq
             if batch[-1].is_terminal:
                 return
-        last_write = key_checked = time.monotonic()
         while True:
-            now = time.monotonic()
-            wait = min(last_write + keepalive, key_checked + keepalive / 2) - now
-            try:
-                async with asyncio.timeout(max(wait, 0)):
-                    item = await queue.get()
-            except TimeoutError:
-                now = time.monotonic()
-                if now >= key_checked + keepalive / 2:
-                    key_checked = now
-                    if not await key_is_usable(api_key, SCOPES, max_age=keepalive / 2):
-                        return
-                if now >= last_write + keepalive:
-                    last_write = now
-                    yield KEEPALIVE_FRAME
-                continue
-            items = [item]
-            while not queue.empty():
-                items.append(queue.get_nowait())
+            await subscription.wait()
+            if subscription.ended:
+                return  # the client is too slow (it resumes from the log) or its key is void
+            keepalive_due = subscription.keepalive_due
             frames = []
             finished = False
-            for item in items:
-                if item is OVERFLOW:
-                    finished = True  # too slow: the client resumes from the log
-                    break
+            for item in subscription.take():
                 if item.seq <= last_sent:
                     continue
                 if item.seq > last_sent + 1:
@@ -112,13 +92,15 @@ async def event_stream(execution, api_key, last_sent):
                 if item.is_terminal:
                     finished = True
                     break
+            if keepalive_due and not frames:
+                frames.append(KEEPALIVE_FRAME)
             if frames:
+                subscription.last_write = time.monotonic()
                 yield b"".join(frames)
-                last_write = time.monotonic()
             if finished:
                 return
     finally:
-        await hub.unsubscribe(execution.pk, queue)
+        await hub.unsubscribe(execution.pk, subscription)
 
 
 async def log_batches(execution_id, after, until=None):

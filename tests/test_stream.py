@@ -469,7 +469,7 @@ async def test_two_streams_on_one_execution_each_get_every_event_once_in_order(
     second = await connect(recorder.execution_id, raw_key)
     await second.wait_for(lambda s: s.ids == [1, 2, 3])
     topic = get_hub().topics[recorder.execution_id]
-    assert len(topic.queues) == 2  # one subscription to the layer serves both
+    assert len(topic.subscriptions) == 2  # one subscription to the layer serves both
     await db(finish_two_nodes, recorder)
     expected = await db(expected_body, recorder.execution_id, "running")
     for stream in (first, second):
@@ -617,6 +617,7 @@ async def test_a_client_going_away_leaves_no_subscription_behind(
     await second.close()
     assert hub.topics == {}
     assert hub.receiver is None
+    assert hub.ticker is None
     assert members() == 0
 
 
