@@ -1,9 +1,6 @@
 """Authenticate requests by API key and check their scopes; one core for DRF and plain views."""
 
-import asyncio
 import logging
-import time
-import weakref
 from functools import wraps
 
 from django.core.exceptions import ValidationError
@@ -99,47 +96,14 @@ def check_scopes(key, required):
         )
 
 
-class KeyStatusCache:
-    """The scopes keys hold while they still authenticate, per event loop, each answer
-    reused for ``max_age``.
-
-    Thousands of streams opened with one key ask at about the same time; they share one
-    query, and a revoked key is still noticed within ``max_age``.
-    """
-
-    def __init__(self):
-        self.checks = weakref.WeakKeyDictionary()  # loop -> {key pk: (checked_at, task)}
-
-    async def scopes(self, key, max_age):
-        """Return the key's scopes, or None if it no longer authenticates."""
-        checks = self.checks.setdefault(asyncio.get_running_loop(), {})
-        now = time.monotonic()
-        checked = checks.get(key.pk)
-        if checked is None or now - checked[0] > max_age:
-            query = run_in_short_session(
-                lambda: (
-                    APIKey.objects.active()
-                    .filter(pk=key.pk, owner__is_active=True)
-                    .values_list("scopes", flat=True)
-                    .first()
-                )
-            )
-            checked = checks[key.pk] = (now, asyncio.ensure_future(query))
-        try:
-            return await asyncio.shield(checked[1])
-        except Exception:
-            checks.pop(key.pk, None)
-            raise
-
-
-_key_status = KeyStatusCache()
-
-
-async def key_is_usable(key, required_scopes=(), max_age=0.0):
-    """Return whether ``key`` still authenticates (not revoked or expired, owner active)
-    and still holds ``required_scopes``."""
-    scopes = await _key_status.scopes(key, max_age)
-    return scopes is not None and set(required_scopes) <= set(scopes)
+def usable_key_scopes(key_ids):
+    """Return ``{pk: scopes}`` for those of ``key_ids`` that still authenticate: not
+    revoked or expired, owner active."""
+    return dict(
+        APIKey.objects.active()
+        .filter(pk__in=key_ids, owner__is_active=True)
+        .values_list("pk", "scopes")
+    )
 
 
 def scopes_required(*scopes):

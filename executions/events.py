@@ -1,9 +1,10 @@
 """The event stream's wire format, shared by the recorder (which encodes each event once)
-and the stream (which only concatenates frames)."""
+and the stream (which only concatenates frames), and the response that carries it."""
 
 import json
 
 from django.core.serializers.json import DjangoJSONEncoder
+from django.http import StreamingHttpResponse
 
 from .conf import get_config
 
@@ -55,3 +56,18 @@ def opening_frames(execution_id, status):
 def group_name(execution_id):
     """Return the channel-layer group an execution's events are sent to."""
     return f"{get_config()['GROUP_PREFIX']}{execution_id}"
+
+
+class EventStreamResponse(StreamingHttpResponse):
+    """A ``text/event-stream`` response over an async iterator of frames (bytes), neither
+    cached nor buffered by proxies."""
+
+    def __init__(self, frames):
+        super().__init__(frames, content_type="text/event-stream")
+        self.frames = frames
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"
+
+    def __aiter__(self):
+        # The frames are bytes already: Django's mapping through make_bytes() is skipped.
+        return aiter(self.frames)

@@ -13,13 +13,12 @@ import asyncio
 import logging
 import time
 import weakref
-from collections import defaultdict
 from dataclasses import dataclass
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from apikeys.asyncdb import run_in_short_session
-from apikeys.auth import key_is_usable
+from apikeys.auth import usable_key_scopes
 
 from .conf import get_config
 from .events import MESSAGE_TYPE, TERMINAL_EVENTS, frame, group_name
@@ -70,10 +69,10 @@ class Subscription:
     hold one, and each event touches every one of them.
     """
 
-    __slots__ = ("api_key", "ended", "items", "keepalive_due", "last_write", "scopes", "waiter")
+    __slots__ = ("ended", "items", "keepalive_due", "key_id", "last_write", "scopes", "waiter")
 
-    def __init__(self, api_key, scopes):
-        self.api_key, self.scopes = api_key, scopes
+    def __init__(self, key_id, scopes):
+        self.key_id, self.scopes = key_id, frozenset(scopes)
         self.items = []
         self.waiter = None
         self.ended = False  # the stream must end: its client is too slow, or its key is void
@@ -212,16 +211,16 @@ class Hub:
         self.joined = set()
         self.ticker = None
 
-    async def subscribe(self, execution_id, api_key, scopes):
+    async def subscribe(self, execution_id, key_id, scopes):
         """Return a ``Subscription`` to the execution's events from now on, in order, that
-        ends once ``api_key`` no longer authenticates or lacks one of ``scopes``."""
+        ends once the API key ``key_id`` no longer authenticates or lacks one of ``scopes``."""
         await self.ensure_receiver()
         # No await between the look-up and the insert: streams subscribing at the same
         # time must share one Topic, or those left on a replaced one hear only its polls.
         topic = self.topics.get(execution_id)
         if topic is None:
             topic = self.topics[execution_id] = Topic(self, execution_id)
-        subscription = Subscription(api_key, scopes)
+        subscription = Subscription(key_id, scopes)
         topic.subscriptions.add(subscription)
         if self.ticker is None:
             self.ticker = asyncio.create_task(self.tick_forever(), name="executions-ticker")
@@ -321,26 +320,25 @@ class Hub:
             for subscription in subscriptions:
                 if subscription.last_write <= quiet_since:
                     subscription.ask_for_keepalive()
-            await self.end_unauthorized(subscriptions, max_age=interval / 2)
+            await self.end_unauthorized(subscriptions)
 
-    async def end_unauthorized(self, subscriptions, max_age):
-        """End the subscriptions whose key no longer authenticates or lacks their scopes;
-        one query per key however many streams it opened."""
-        by_key = defaultdict(list)
+    async def end_unauthorized(self, subscriptions):
+        """End the subscriptions whose key no longer authenticates or lacks their scopes,
+        in one query however many streams and keys there are."""
+        if not subscriptions:
+            return
+        try:
+            held = await run_in_short_session(
+                usable_key_scopes, {subscription.key_id for subscription in subscriptions}
+            )
+        except Exception as exc:
+            # The database is unreachable: keep streaming what was recorded before.
+            logger.warning("Re-checking the streams' API keys failed: %r", exc)
+            return
+        held = {key_id: frozenset(scopes) for key_id, scopes in held.items()}
         for subscription in subscriptions:
-            by_key[subscription.api_key.pk, subscription.scopes].append(subscription)
-        groups = list(by_key.values())
-        answers = await asyncio.gather(
-            *(key_is_usable(group[0].api_key, group[0].scopes, max_age) for group in groups),
-            return_exceptions=True,
-        )
-        for group, usable in zip(groups, answers, strict=True):
-            if isinstance(usable, Exception):
-                # The database is unreachable: keep streaming what was recorded before.
-                logger.warning("Re-checking an API key failed: %r", usable)
-            elif not usable:
-                for subscription in group:
-                    subscription.end()
+            if not subscription.scopes <= held.get(subscription.key_id, frozenset()):
+                subscription.end()
 
 
 _hubs = weakref.WeakKeyDictionary()

@@ -3,14 +3,15 @@
 import re
 import time
 
-from django.http import HttpResponse, StreamingHttpResponse
+from django.http import HttpResponse
 
 from apikeys.asyncdb import run_in_short_session
 from apikeys.auth import scopes_required
 from apikeys.exceptions import MethodNotAllowed, ResourceNotFound, ValidationError
 
+from .asgi import streams_events
 from .conf import get_config
-from .events import KEEPALIVE_FRAME, opening_frames
+from .events import KEEPALIVE_FRAME, EventStreamResponse, opening_frames
 from .fanout import aread_log, get_hub
 from .models import Execution
 
@@ -33,6 +34,7 @@ def last_event_id(request):
     return int(raw)
 
 
+@streams_events
 @scopes_required(*SCOPES)
 async def execution_events(request, execution_id):
     if request.method != "GET":
@@ -46,28 +48,27 @@ async def execution_events(request, execution_id):
     if execution.is_finished and after is not None and after >= execution.last_seq:
         # The client has the terminal event; 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
-    response = StreamingHttpResponse(
-        event_stream(execution, request.api_key, after or 0), content_type="text/event-stream"
+    response = EventStreamResponse(
+        event_stream(execution.pk, execution.status, request.api_key.pk, after or 0)
     )
-    response["Cache-Control"] = "no-cache"
-    response["X-Accel-Buffering"] = "no"
     # GZipMiddleware would compress each frame on its own and double a stream's memory;
     # it leaves alone a response to a request that did not accept gzip.
     request.META.pop("HTTP_ACCEPT_ENCODING", None)
     return response
 
 
-async def event_stream(execution, api_key, last_sent):
-    """Yield the stream's bytes: opening frames, the log after ``last_sent``, then live events.
+async def event_stream(execution_id, status, key_id, last_sent):
+    """Yield the stream's bytes: opening frames, the log after ``last_sent``, then live events
+    until the terminal one, or until the API key ``key_id`` may no longer read.
 
     Subscribing comes before reading the log, so nothing falls between replay and live;
     sequence numbers drop the overlap and reveal any gap, which the log fills.
     """
     hub = get_hub()
-    subscription = await hub.subscribe(execution.pk, api_key, SCOPES)
+    subscription = await hub.subscribe(execution_id, key_id, SCOPES)
     try:
-        yield opening_frames(execution.pk, execution.status)
-        async for batch in log_batches(execution.pk, last_sent):
+        yield opening_frames(execution_id, status)
+        async for batch in log_batches(execution_id, last_sent):
             subscription.last_write = time.monotonic()
             yield b"".join(item.frame for item in batch)
             last_sent = batch[-1].seq
@@ -84,7 +85,7 @@ async def event_stream(execution, api_key, last_sent):
                 if item.seq <= last_sent:
                     continue
                 if item.seq > last_sent + 1:
-                    async for batch in log_batches(execution.pk, last_sent, until=item.seq - 1):
+                    async for batch in log_batches(execution_id, last_sent, until=item.seq - 1):
                         frames.extend(logged.frame for logged in batch)
                         last_sent = batch[-1].seq
                 frames.append(item.frame)
@@ -100,7 +101,7 @@ async def event_stream(execution, api_key, last_sent):
             if finished:
                 return
     finally:
-        await hub.unsubscribe(execution.pk, subscription)
+        await hub.unsubscribe(execution_id, subscription)
 
 
 async def log_batches(execution_id, after, until=None):

@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apikeys import tokens
-from apikeys.auth import key_is_usable
+from apikeys.auth import usable_key_scopes
 from apikeys.conf import get_config
 from apikeys.models import APIKey
 from apikeys.scopes import BUILTIN_SCOPES, all_bundles, all_scopes, expand
@@ -476,34 +476,30 @@ def test_rotating_an_expired_key_gives_a_key_that_works_and_keeps_a_future_expir
     assert expiring.rotate()[0].expires_at == expiring.expires_at
 
 
-@pytest.mark.django_db(transaction=True)
-def test_key_is_usable_until_revoked_expired_or_its_owner_deactivated(make_key, user):
-    usable = async_to_sync(key_is_usable)
+@pytest.mark.django_db
+def test_usable_key_scopes_leaves_out_revoked_expired_deleted_and_deactivated_keys(
+    make_key, user, other_user
+):
     revoked, _ = make_key()
     expired, _ = make_key()
     deleted, _ = make_key()
-    assert usable(revoked)
+    deactivated, _ = make_key(owner=other_user)
+    active, _ = make_key(scopes=["executions:read"])
+    everyone = [revoked.pk, expired.pk, deleted.pk, deactivated.pk, active.pk]
+    assert set(usable_key_scopes(everyone)) == set(everyone)
     revoked.revoke()
     APIKey.objects.filter(pk=expired.pk).update(expires_at=timezone.now())
     APIKey.objects.filter(pk=deleted.pk).delete()
-    assert not usable(revoked)
-    assert not usable(expired)
-    assert not usable(deleted)
-    active, _ = make_key()
-    assert usable(active)
-    user.is_active = False
-    user.save()
-    assert not usable(active)
+    type(other_user).objects.filter(pk=other_user.pk).update(is_active=False)
+    assert usable_key_scopes(everyone) == {active.pk: ["executions:read"]}
 
 
-@pytest.mark.django_db(transaction=True)
-def test_key_is_usable_only_while_it_holds_the_required_scopes(make_key):
-    usable = async_to_sync(key_is_usable)
+@pytest.mark.django_db
+def test_usable_key_scopes_answers_the_scopes_held_now(make_key):
     key, _ = make_key(scopes=["executions:read", "workflows:read"])
-    assert usable(key, ["executions:read"])
+    assert usable_key_scopes([key.pk]) == {key.pk: ["executions:read", "workflows:read"]}
     APIKey.objects.filter(pk=key.pk).update(scopes=["workflows:read"])
-    assert not usable(key, ["executions:read"])
-    assert usable(key, ["workflows:read"])
+    assert usable_key_scopes([key.pk]) == {key.pk: ["workflows:read"]}
 
 
 # Raw keys: format, display prefix and stored digest.

@@ -1,6 +1,8 @@
 """Loaded by a server that ``stream_load.py --tracemalloc`` starts: trace allocations and
-write a snapshot to ``$BENCH_TRACEMALLOC_DIR/<n>.snapshot`` on each SIGUSR1."""
+write a snapshot to ``$BENCH_TRACEMALLOC_DIR/<n>.snapshot`` on each SIGUSR1, of what is
+alive: cyclic garbage is collected first."""
 
+import gc
 import itertools
 import os
 import signal
@@ -11,6 +13,7 @@ if _directory:
     _numbers = itertools.count()
 
     def _dump(signum, frame):
+        gc.collect()
         path = os.path.join(_directory, f"{next(_numbers)}.snapshot")
         tracemalloc.take_snapshot().dump(path + ".tmp")
         os.replace(path + ".tmp", path)

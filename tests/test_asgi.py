@@ -1,0 +1,209 @@
+"""``executions.asgi``: the handler that serves event streams, driven as an ASGI server
+drives it (scope, receive, send).
+
+Like ``test_stream.py``, the stream reads the database on pool threads, so every test
+commits its data and does its own database work through ``run_in_short_session``.
+"""
+
+import asyncio
+import gc
+import json
+
+import pytest
+from django.core import signals
+from django.core.handlers.asgi import ASGIRequest
+
+from apikeys.asyncdb import run_in_short_session as db
+from executions.asgi import StreamingASGIHandler
+from executions.fanout import get_hub
+from executions.recorder import ExecutionRecorder
+from tests.live_server import events_url, expected_body, ids_of
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+TIMEOUT = 10.0
+
+
+@pytest.fixture(autouse=True)
+def own_channel_layer(settings):
+    """A channel layer of the test's own: each test runs its own event loop."""
+    settings.CHANNEL_LAYERS = {**settings.CHANNEL_LAYERS}
+
+
+class Exchange:
+    """One request served by the handler, with the client's side of ``receive``/``send``."""
+
+    def __init__(self, handler, path, headers=(), query=b""):
+        self.messages = []
+        self.received = asyncio.Event()
+        self.gone = asyncio.Event()
+        self.requested = False
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "GET",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "root_path": "",
+            "query_string": query,
+            "headers": [(b"host", b"testserver"), *headers],
+            "client": ("127.0.0.1", 50000),
+            "server": ("testserver", 80),
+        }
+        self.task = asyncio.create_task(handler(scope, self.receive, self.send))
+
+    async def receive(self):
+        if not self.requested:
+            self.requested = True
+            return {"type": "http.request", "body": b"", "more_body": False}
+        await self.gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message):
+        self.messages.append(message)
+        self.received.set()
+
+    @property
+    def start(self):
+        return self.messages[0]
+
+    @property
+    def body(self):
+        return b"".join(m.get("body", b"") for m in self.messages[1:])
+
+    @property
+    def complete(self):
+        last = self.messages[-1] if len(self.messages) > 1 else {}
+        return last.get("type") == "http.response.body" and not last.get("more_body", False)
+
+    async def wait_for(self, predicate):
+        async with asyncio.timeout(TIMEOUT):
+            while not predicate(self):
+                self.received.clear()
+                await self.received.wait()
+
+    async def disconnect(self):
+        self.gone.set()
+        await asyncio.wait_for(self.task, TIMEOUT)
+
+    async def finished(self):
+        await asyncio.wait_for(self.task, TIMEOUT)
+        return self
+
+
+@pytest.fixture
+def handler():
+    return StreamingASGIHandler()
+
+
+@pytest.fixture
+def key_header(make_key):
+    return (b"x-api-key", make_key(scopes=["executions:read", "workflows:read"])[1].encode())
+
+
+def completed(user):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_asgi", total_nodes=1)
+    recorder.start()
+    with recorder.node("fetch", "http") as node:
+        node.outputs = {"status": 200}
+    recorder.complete({"ok": True})
+    return recorder.execution_id
+
+
+def running(user):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_asgi")
+    recorder.start()
+    return recorder
+
+
+@pytest.mark.asyncio
+async def test_the_handler_sends_the_contracts_headers_and_frames_then_ends(
+    handler, user, key_header
+):
+    execution_id = await db(completed, user)
+    exchange = await Exchange(handler, events_url(execution_id), [key_header]).finished()
+    assert exchange.start["status"] == 200
+    headers = dict(exchange.start["headers"])
+    assert headers[b"Content-Type"] == b"text/event-stream"
+    assert headers[b"Cache-Control"] == b"no-cache"
+    assert headers[b"X-Accel-Buffering"] == b"no"
+    assert headers[b"X-Request-ID"]
+    assert exchange.body == await db(expected_body, execution_id, "completed")
+    assert exchange.complete
+
+
+@pytest.mark.asyncio
+async def test_errors_before_the_stream_are_json_envelopes(handler, user, key_header):
+    missing = await Exchange(handler, events_url("exec_missing"), [key_header]).finished()
+    assert missing.start["status"] == 404
+    assert json.loads(missing.body)["error"]["code"] == "resource_not_found"
+    execution_id = await db(completed, user)
+    no_key = await Exchange(handler, events_url(execution_id)).finished()
+    assert no_key.start["status"] == 401
+    assert json.loads(no_key.body)["error"]["code"] == "invalid_api_key"
+    bad_id = await Exchange(
+        handler, events_url(execution_id), [key_header], query=b"last_event_id=x"
+    ).finished()
+    assert bad_id.start["status"] == 400
+    assert json.loads(bad_id.body)["error"]["code"] == "validation_error"
+
+
+@pytest.mark.asyncio
+async def test_an_open_stream_keeps_nothing_of_its_request(handler, user, key_header):
+    recorder = await db(running, user)
+    exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
+    await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+    gc.collect()
+    assert not [obj for obj in gc.get_objects() if isinstance(obj, ASGIRequest)]
+    await db(recorder.complete)
+    await exchange.finished()
+    assert ids_of(exchange.body) == [1, 2]
+
+
+@pytest.mark.asyncio
+async def test_request_finished_is_sent_once_when_the_stream_ends(
+    handler, user, key_header, settings
+):
+    finished = []
+
+    def on_finished(**kwargs):
+        finished.append(kwargs["sender"])
+
+    signals.request_finished.connect(on_finished)
+    try:
+        recorder = await db(running, user)
+        exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
+        await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+        assert finished == []
+        await db(recorder.complete)
+        await exchange.finished()
+        assert finished == [StreamingASGIHandler]
+    finally:
+        signals.request_finished.disconnect(on_finished)
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_disconnects_leaves_no_subscription_or_task_behind(
+    handler, user, key_header
+):
+    recorder = await db(running, user)
+    exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
+    await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+    assert list(get_hub().topics) == [recorder.execution_id]
+    await exchange.disconnect()
+    assert not exchange.complete
+    assert get_hub().topics == {}
+    assert get_hub().ticker is None
+    others = asyncio.all_tasks() - {asyncio.current_task()}
+    if others:  # the hub's receiver and ticker, cancelled with the last stream
+        _, pending = await asyncio.wait(others, timeout=TIMEOUT)
+        assert not pending
+
+
+@pytest.mark.asyncio
+async def test_other_views_are_served_by_djangos_handler(handler, user, key_header):
+    exchange = await Exchange(handler, "/api/v1/workflows", [key_header]).finished()
+    assert exchange.start["status"] == 200
+    assert json.loads(exchange.body)["data"][0]["id"] == "wf_demo"
