@@ -22,6 +22,9 @@ CONFIG_DEFAULTS = {
     # Events a slow stream may have queued before it is closed (the client reconnects
     # with Last-Event-ID and resumes from the log).
     "STREAM_QUEUE_SIZE": 1000,
+    # Whether executions.asgi.get_asgi_application() tunes the process's garbage
+    # collector for thousands of open streams (see executions.asgi.tune_gc).
+    "TUNE_GC": True,
 }
 
 

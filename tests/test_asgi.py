@@ -1,5 +1,5 @@
 """``executions.asgi``: the handler that serves event streams, driven as an ASGI server
-drives it (scope, receive, send).
+drives it (scope, receive, send), and its garbage-collector tuning.
 
 Like ``test_stream.py``, the stream reads the database on pool threads, so every test
 commits its data and does its own database work through ``run_in_short_session``.
@@ -14,7 +14,8 @@ from django.core import signals
 from django.core.handlers.asgi import ASGIRequest
 
 from apikeys.asyncdb import run_in_short_session as db
-from executions.asgi import StreamingASGIHandler
+from executions import asgi
+from executions.asgi import GC_YOUNG_THRESHOLD, StreamingASGIHandler, tune_gc
 from executions.fanout import get_hub
 from executions.recorder import ExecutionRecorder
 from tests.live_server import events_url, expected_body, ids_of
@@ -207,3 +208,22 @@ async def test_other_views_are_served_by_djangos_handler(handler, user, key_head
     exchange = await Exchange(handler, "/api/v1/workflows", [key_header]).finished()
     assert exchange.start["status"] == 200
     assert json.loads(exchange.body)["data"][0]["id"] == "wf_demo"
+
+
+def test_tune_gc_freezes_start_up_objects_and_makes_young_collections_rarer():
+    threshold = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (GC_YOUNG_THRESHOLD, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
+
+
+def test_get_asgi_application_leaves_the_gc_alone_when_told_to(settings):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "TUNE_GC": False}
+    threshold = gc.get_threshold()
+    assert isinstance(asgi.get_asgi_application(), StreamingASGIHandler)
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == threshold
