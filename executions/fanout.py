@@ -10,6 +10,7 @@ so an open stream waits on nothing but its own subscription.
 """
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -114,7 +115,8 @@ class Subscription:
 
 
 class Topic:
-    """One execution watched by this process."""
+    """One execution watched by this process: its own task joins the execution's group,
+    follows it while any stream watches, then leaves the group."""
 
     def __init__(self, hub, execution_id):
         self.hub, self.execution_id = hub, execution_id
@@ -127,9 +129,19 @@ class Topic:
 
     async def run(self):
         self.last_seq = await self.read_last_seq()
-        await self.hub.join(self.group)
-        self.ready.set()
         while True:
+            await self.hub.join(self.group)
+            self.ready.set()
+            await self.follow()
+            await self.hub.leave(self.group)
+            # A stream that subscribed while the group was being left needs it joined again.
+            if not self.subscriptions:
+                self.hub.forget(self)
+                return
+
+    async def follow(self):
+        """Deliver the execution's events until no stream is left."""
+        while self.subscriptions:
             try:
                 async with asyncio.timeout(self.hub.poll_interval(self.group)):
                     seq = await self.inbox.get()
@@ -141,6 +153,11 @@ class Topic:
                 continue
             if seq > self.last_seq:
                 await self.catch_up()
+
+    def remove(self, subscription):
+        self.subscriptions.discard(subscription)
+        if not self.subscriptions:
+            self.inbox.put_nowait(0)  # wakes follow() to notice
 
     async def read_last_seq(self):
         """Return the execution's last recorded sequence number, retrying while the
@@ -195,26 +212,28 @@ class Topic:
             self.subscriptions.discard(subscription)
             subscription.end()
 
-    def close(self):
-        self.task.cancel()
-
 
 class Hub:
-    """This process's (this event loop's) subscriptions to the channel layer."""
+    """This process's (this event loop's) subscriptions to the channel layer.
+
+    A stream's own task never waits on the channel layer: its topic's task and the hub's
+    receiver do, so a client that goes away cancels nothing but a wait on its own
+    subscription (Python 3.11's ``wait_for``, inside redis-py, can swallow a cancel).
+    """
 
     def __init__(self, layer):
         self.layer = layer
         self.topics = {}
         self.channel = None
+        self.channel_ready = asyncio.Event()
         self.receiver = None
-        self.receiver_lock = asyncio.Lock()
-        self.joined = set()
         self.ticker = None
+        self.joined = set()
 
     async def subscribe(self, execution_id, key_id, scopes):
         """Return a ``Subscription`` to the execution's events from now on, in order, that
         ends once the API key ``key_id`` no longer authenticates or lacks one of ``scopes``."""
-        await self.ensure_receiver()
+        self.start()
         # No await between the look-up and the insert: streams subscribing at the same
         # time must share one Topic, or those left on a replaced one hear only its polls.
         topic = self.topics.get(execution_id)
@@ -222,38 +241,32 @@ class Hub:
             topic = self.topics[execution_id] = Topic(self, execution_id)
         subscription = Subscription(key_id, scopes)
         topic.subscriptions.add(subscription)
-        if self.ticker is None:
-            self.ticker = asyncio.create_task(self.tick_forever(), name="executions-ticker")
         try:
             await topic.ready.wait()
         except BaseException:
             # The client went away before its stream began, so event_stream's finally
             # never runs: give the subscription back here.
-            await self.unsubscribe(execution_id, subscription)
+            self.unsubscribe(execution_id, subscription)
             raise
         return subscription
 
-    async def unsubscribe(self, execution_id, subscription):
+    def unsubscribe(self, execution_id, subscription):
         topic = self.topics.get(execution_id)
-        if topic is None:
-            return
-        topic.subscriptions.discard(subscription)
-        if topic.subscriptions:
-            return
-        del self.topics[execution_id]
-        topic.close()
-        await self.leave(topic.group)
-        if execution_id in self.topics:
-            # Watched again while leaving: the discard may have undone the new join.
-            await self.join(topic.group)
-        elif not self.topics:
+        if topic is not None:
+            topic.remove(subscription)
+
+    def forget(self, topic):
+        """Drop a topic that has left its group; stop once nothing is watched here."""
+        if self.topics.get(topic.execution_id) is topic:
+            del self.topics[topic.execution_id]
+        if not self.topics:
             self.stop()
 
-    async def ensure_receiver(self):
-        async with self.receiver_lock:  # new_channel() may await (the pub/sub layer's does)
-            if self.receiver is None and self.layer is not None:
-                self.channel = await self.layer.new_channel(prefix="executions-fanout.")
-                self.receiver = asyncio.create_task(self.receive_forever(self.channel))
+    def start(self):
+        if self.receiver is None and self.layer is not None:
+            self.receiver = asyncio.create_task(self.receive_forever(), name="executions-hub")
+        if self.ticker is None:
+            self.ticker = asyncio.create_task(self.tick_forever(), name="executions-ticker")
 
     def stop(self):
         """Stop receiving and ticking, once no execution is watched here."""
@@ -261,6 +274,7 @@ class Hub:
         # cancelled is one nobody here wanted.
         receiver, self.receiver, self.channel = self.receiver, None, None
         ticker, self.ticker = self.ticker, None
+        self.channel_ready = asyncio.Event()
         self.joined.clear()
         for task in (receiver, ticker):
             if task is not None:
@@ -277,6 +291,14 @@ class Hub:
     async def join(self, group):
         if self.layer is None:
             return  # no channel layer: the topic reads the log every poll interval
+        if self.channel is None:
+            # The receiver is still creating this process's channel (or cannot reach the
+            # layer): wait a moment, else the topic polls fast and joins later.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETRY_DELAY):
+                    await self.channel_ready.wait()
+            if self.channel is None:
+                return
         try:
             await self.layer.group_add(group, self.channel)
             self.joined.add(group)
@@ -285,17 +307,27 @@ class Hub:
             logger.warning("Joining channel-layer group %s failed: %r", group, exc)
 
     async def leave(self, group):
+        self.joined.discard(group)
         if self.channel is None:
             return
-        self.joined.discard(group)
         try:
             await self.layer.group_discard(group, self.channel)
         except Exception as exc:
             logger.warning("Leaving channel-layer group %s failed: %r", group, exc)
 
-    async def receive_forever(self, channel):
-        while True:
+    async def receive_forever(self):
+        # Looping only while this task is the hub's receiver: a cancel that redis-py
+        # swallowed still ends it.
+        this = asyncio.current_task()
+        channel = None
+        while self.receiver is this:
             try:
+                if channel is None:
+                    channel = await self.layer.new_channel(prefix="executions-fanout.")
+                    if self.receiver is not this:
+                        return
+                    self.channel = channel
+                    self.channel_ready.set()
                 msg = await self.layer.receive(channel)
             except asyncio.CancelledError:
                 raise
@@ -312,7 +344,8 @@ class Hub:
                 topic.receive(Item(msg["seq"], msg["event"], msg["frame"].encode()))
 
     async def tick_forever(self):
-        while True:
+        this = asyncio.current_task()
+        while self.ticker is this:
             interval = get_config()["KEEPALIVE_INTERVAL"]
             await asyncio.sleep(interval / TICKS_PER_KEEPALIVE)
             subscriptions = [s for topic in self.topics.values() for s in topic.subscriptions]

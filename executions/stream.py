@@ -101,7 +101,7 @@ async def event_stream(execution_id, status, key_id, last_sent):
             if finished:
                 return
     finally:
-        await hub.unsubscribe(execution_id, subscription)
+        hub.unsubscribe(execution_id, subscription)
 
 
 async def log_batches(execution_id, after, until=None):

@@ -85,11 +85,11 @@ REDIS_URL = os.environ.get("REDIS_URL")
 if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # Redis pushes each event to every subscribed process at once; the core layer's
+            # receive() costs four round trips per message (docs/performance.md).
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {
-                # Longer than the layer's 5 s blocking receive: redis-py's default socket
-                # timeout (5 s) would cut every quiet receive short with an error.
-                "hosts": [{"address": REDIS_URL, "socket_timeout": 10}],
+                "hosts": [{"address": REDIS_URL}],
                 "prefix": os.environ.get("CHANNEL_PREFIX", "asgi"),
             },
         }

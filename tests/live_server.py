@@ -82,15 +82,35 @@ def without_keepalives(body):
     return b"".join(frame + b"\n\n" for frame in frames_of(body) if frame != KEEPALIVE_FRAME)
 
 
-def redis_group_key(execution_id):
-    """The Redis key (a sorted set) of the execution's channels-redis group."""
-    prefix = settings.CHANNEL_LAYERS["default"]["CONFIG"]["prefix"]
-    return f"{prefix}:group:{group_name(execution_id)}"
+PUBSUB_LAYER = "channels_redis.pubsub.RedisPubSubChannelLayer"
+CORE_LAYER = "channels_redis.core.RedisChannelLayer"
 
 
-def redis_group_members(redis_client, execution_id):
-    """How many channels (one per server process) are in the execution's group."""
-    return redis_client.zcard(redis_group_key(execution_id))
+def redis_layer(backend):
+    """A ``CHANNEL_LAYERS["default"]`` on the site's Redis with the given backend."""
+    return {"BACKEND": backend, "CONFIG": settings.CHANNEL_LAYERS["default"]["CONFIG"]}
+
+
+def group_members(redis_client, execution_id):
+    """How many subscribers (one per server process) the execution's group has in Redis,
+    on the pub/sub or the core channels-redis layer that ``settings`` configures."""
+    layer = settings.CHANNEL_LAYERS["default"]
+    prefix = layer["CONFIG"]["prefix"]
+    if layer["BACKEND"] == PUBSUB_LAYER:
+        channel = f"{prefix}__group__{group_name(execution_id)}"
+        return dict(redis_client.pubsub_numsub(channel))[channel.encode()]
+    return redis_client.zcard(f"{prefix}:group:{group_name(execution_id)}")
+
+
+def forget_groups(redis_client, execution_id):
+    """Do to the execution's group what a Redis restart does: the pub/sub layer's
+    connections drop (and reconnect), the core layer's group set is gone."""
+    layer = settings.CHANNEL_LAYERS["default"]
+    if layer["BACKEND"] == PUBSUB_LAYER:
+        assert redis_client.client_kill_filter(_type="pubsub") >= 1
+    else:
+        prefix = layer["CONFIG"]["prefix"]
+        assert redis_client.delete(f"{prefix}:group:{group_name(execution_id)}") == 1
 
 
 def database_url():

@@ -28,22 +28,24 @@ from executions import recorder as recorder_module
 from executions.fanout import Hub, get_hub
 from executions.models import Event, Execution
 from executions.recorder import ExecutionRecorder
+from tests.hub import TIMEOUT, eventually, hub_is_idle
 from tests.live_server import (
+    CORE_LAYER,
     KEEPALIVE_FRAME,
+    PUBSUB_LAYER,
     events_url,
     expected_body,
+    forget_groups,
     frames_of,
+    group_members,
     ids_of,
-    redis_group_key,
-    redis_group_members,
+    redis_layer,
     without_keepalives,
 )
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
 KEEPALIVE = 0.3
-# How long a test waits for something that must happen; far above what it takes.
-TIMEOUT = 10.0
 
 
 @pytest.fixture(autouse=True)
@@ -55,21 +57,18 @@ def stream_settings(settings):
     settings.CHANNEL_LAYERS = {**settings.CHANNEL_LAYERS}
 
 
+@pytest.fixture(params=[PUBSUB_LAYER, CORE_LAYER], ids=["pubsub-layer", "core-layer"])
+def layer(request, settings):
+    """Each of channels-redis' layers in turn (the site uses the pub/sub one)."""
+    settings.CHANNEL_LAYERS = {"default": redis_layer(request.param)}
+    return request.param
+
+
 async def get(execution_id, raw=None, *, query="", **headers):
     """Request the stream; ``raw`` goes in ``X-API-Key``."""
     if raw is not None:
         headers.setdefault("X-API-Key", raw)
     return await AsyncClient().get(events_url(execution_id) + query, headers=headers)
-
-
-async def eventually(predicate, within=TIMEOUT):
-    """Wait until ``predicate()`` holds."""
-    try:
-        async with asyncio.timeout(within):
-            while not predicate():  # noqa: ASYNC110 (nothing signals the states tests watch)
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"Still not true after {within} s") from None
 
 
 class Stream:
@@ -237,7 +236,7 @@ async def test_late_join_replays_every_frame_byte_for_byte_then_ends(
     body = await stream.end()
     assert body == await db(expected_body, execution_id, status)
     assert stream.ids == list(range(1, len(stream.ids) + 1))
-    assert get_hub().topics == {}
+    await eventually(hub_is_idle)
 
 
 async def test_the_stream_carries_every_event_type_of_the_contract(user, raw_key, connect):
@@ -426,7 +425,7 @@ async def test_a_key_that_may_no_longer_read_ends_its_open_stream(user, make_key
     await db(KEY_CHANGES[change], key)
     # Rule 6 gives one keepalive interval; allow for a slow machine.
     await stream.end(within=10 * KEEPALIVE)
-    assert get_hub().topics == {}
+    await eventually(hub_is_idle)
 
 
 async def test_a_stream_ends_once_its_key_expires(user, make_key, connect):
@@ -436,7 +435,7 @@ async def test_a_stream_ends_once_its_key_expires(user, make_key, connect):
     await stream.end(within=1 + 10 * KEEPALIVE)
 
 
-async def test_a_stream_delivers_events_recorded_after_it_connected(user, raw_key, connect):
+async def test_a_stream_delivers_events_recorded_after_it_connected(user, raw_key, connect, layer):
     recorder = await db(running, user)
     await db(lambda: Execution.objects.filter(pk=recorder.execution_id).update(total_nodes=2))
     stream = await connect(recorder.execution_id, raw_key)
@@ -478,7 +477,7 @@ async def test_two_streams_on_one_execution_each_get_every_event_once_in_order(
 
 
 async def test_streams_opened_while_events_are_recorded_miss_and_repeat_nothing(
-    user, raw_key, connect
+    user, raw_key, connect, layer
 ):
     recorder = await db(running, user)
     total = 60
@@ -563,7 +562,7 @@ async def test_replay_and_gap_filling_read_the_log_in_batches(
 
 
 async def test_messages_dropped_by_the_layer_are_filled_in_from_the_log(
-    user, raw_key, connect, no_polling, monkeypatch
+    user, raw_key, connect, no_polling, layer, monkeypatch
 ):
     publish = recorder_module.publish
 
@@ -581,26 +580,41 @@ async def test_messages_dropped_by_the_layer_are_filled_in_from_the_log(
 
 
 async def test_a_stream_recovers_when_the_layer_forgets_its_group(
-    user, raw_key, connect, redis_client
+    user, raw_key, connect, redis_client, layer
 ):
     recorder = await db(running, user)
     stream = await connect(recorder.execution_id, raw_key)
     await stream.wait_for(lambda s: s.ids == [1])
-    # What a Redis restart does: the group and its members are gone.
-    assert redis_client.delete(redis_group_key(recorder.execution_id)) == 1
+    forget_groups(redis_client, recorder.execution_id)
     await db(recorder.progress, completed_nodes=1, total_nodes=3)
     await stream.wait_for(lambda s: s.ids == [1, 2])  # from the log, by polling
-    await stream.wait_for(lambda s: redis_group_members(redis_client, recorder.execution_id) == 1)
+    await eventually(lambda: group_members(redis_client, recorder.execution_id) == 1)
     await db(finish_two_nodes, recorder)
     await stream.end()
     assert stream.events_body == await db(expected_body, recorder.execution_id, "running")
 
 
+async def test_messages_over_the_core_layers_capacity_are_filled_in_from_the_log(
+    user, raw_key, connect, no_polling, settings
+):
+    settings.CHANNEL_LAYERS = {"default": redis_layer(CORE_LAYER)}
+    settings.CHANNEL_LAYERS["default"]["CONFIG"] = {
+        **settings.CHANNEL_LAYERS["default"]["CONFIG"],
+        "capacity": 1,
+    }
+    recorder = await db(running, user)
+    stream = await connect(recorder.execution_id, raw_key)
+    await stream.wait_for(lambda s: s.ids == [1])
+    await db(finish_two_nodes, recorder)  # six events at once into a channel that holds one
+    await stream.end()
+    assert stream.events_body == await db(expected_body, recorder.execution_id, "running")
+
+
 async def test_a_client_going_away_leaves_no_subscription_behind(
-    user, raw_key, connect, redis_client
+    user, raw_key, connect, redis_client, layer
 ):
     recorder = await db(running, user)
-    members = partial(redis_group_members, redis_client, recorder.execution_id)
+    members = partial(group_members, redis_client, recorder.execution_id)
     first = await connect(recorder.execution_id, raw_key)
     second = await connect(recorder.execution_id, raw_key)
     await first.wait_for(lambda s: s.ids == [1])
@@ -615,22 +629,20 @@ async def test_a_client_going_away_leaves_no_subscription_behind(
     await second.wait_for(lambda s: s.ids == [1, 2])
 
     await second.close()
-    assert hub.topics == {}
-    assert hub.receiver is None
-    assert hub.ticker is None
-    assert members() == 0
+    await eventually(hub_is_idle)
+    await eventually(lambda: members() == 0)
 
 
 async def test_a_stream_that_ends_leaves_no_subscription_behind(
-    user, raw_key, connect, redis_client
+    user, raw_key, connect, redis_client, layer
 ):
     recorder = await db(running, user)
     stream = await connect(recorder.execution_id, raw_key)
     await stream.wait_for(lambda s: s.ids == [1])
     await db(recorder.complete)
     await stream.end()
-    assert get_hub().topics == {}
-    assert redis_group_members(redis_client, recorder.execution_id) == 0
+    await eventually(hub_is_idle)
+    await eventually(lambda: group_members(redis_client, recorder.execution_id) == 0)
 
 
 async def test_gzip_middleware_leaves_the_stream_uncompressed(user, raw_key, connect, settings):
@@ -667,8 +679,7 @@ async def test_a_client_that_leaves_while_its_stream_subscribes_leaves_nothing_b
     await asyncio.wait_for(joining.wait(), TIMEOUT)
     await stream.close()
     release.set()
-    hub = get_hub()
-    await eventually(lambda: hub.topics == {}, within=1)
+    await eventually(hub_is_idle)
 
 
 async def test_a_database_error_as_the_stream_subscribes_does_not_wedge_the_execution(

@@ -21,9 +21,9 @@ from tests.live_server import (
     events_url,
     expected_body,
     frames_of,
+    group_members,
     ids_of,
     live_server,
-    redis_group_members,
     without_keepalives,
 )
 
@@ -223,7 +223,7 @@ async def test_clients_going_away_leave_neither_threads_nor_subscriptions(
     url = daphne.url + events_url(execution_id)
 
     def members():
-        return redis_group_members(redis_client, execution_id)
+        return group_members(redis_client, execution_id)
 
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=0)
     async with httpx.AsyncClient(timeout=TIMEOUT, limits=limits) as client:
