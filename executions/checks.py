@@ -20,7 +20,7 @@ def check_channel_layer(app_configs, **kwargs):
         Error(
             f"CHANNEL_LAYERS has no {get_config()['CHANNEL_LAYER']!r} layer: streams hear of "
             "new events only by polling the database.",
-            hint="Configure channels_redis.core.RedisChannelLayer (or set "
+            hint="Configure channels_redis.pubsub.RedisPubSubChannelLayer (or set "
             "EXECUTIONS['CHANNEL_LAYER'] to an alias that exists).",
             id="executions.E001",
         )
@@ -36,7 +36,7 @@ def check_in_memory_layer(app_configs, **kwargs):
         Warning(
             "The in-memory channel layer is used while DEBUG is off: events recorded in "
             "another process reach streams only by polling the database.",
-            hint="Use channels_redis.core.RedisChannelLayer in production (set REDIS_URL "
+            hint="Use channels_redis.pubsub.RedisPubSubChannelLayer in production (set REDIS_URL "
             "on the demo site).",
             id="executions.W001",
         )

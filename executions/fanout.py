@@ -157,7 +157,11 @@ class Topic:
     def remove(self, subscription):
         self.subscriptions.discard(subscription)
         if not self.subscriptions:
-            self.inbox.put_nowait(0)  # wakes follow() to notice
+            self.wake()
+
+    def wake(self):
+        """Have follow() look again at once: at its streams and at its group."""
+        self.inbox.put_nowait(0)  # no event has sequence number 0
 
     async def read_last_seq(self):
         """Return the execution's last recorded sequence number, retrying while the
@@ -333,8 +337,11 @@ class Hub:
                 raise
             except Exception as exc:
                 logger.warning("Channel layer receive failed, retrying: %r", exc)
-                # Redis may have restarted and forgotten every group: poll fast until re-joined.
+                # Redis may have restarted and forgotten every group: each topic polls
+                # fast from now on, and re-joins, until its group is joined again.
                 self.joined.clear()
+                for topic in self.topics.values():
+                    topic.wake()
                 await asyncio.sleep(RETRY_DELAY)
                 continue
             if msg.get("type") != MESSAGE_TYPE:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from urllib.parse import quote
 
+import redis
 from django.conf import settings
 from django.db import connection
 
@@ -215,6 +216,54 @@ def live_server(server="daphne", **env):
         yield instance.start()
     finally:
         instance.close()
+
+
+class RedisServer:
+    """A redis-server of the test's own on a free port, which the test stops and starts
+    again to see what a Redis restart does."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.process = None
+
+    @property
+    def url(self):
+        return f"redis://{HOST}:{self.port}/0"
+
+    def start(self):
+        """Start Redis (empty: it keeps nothing on disk) and return once it answers."""
+        self.process = subprocess.Popen(
+            ["redis-server", "--bind", HOST, "--port", str(self.port), "--save", ""],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.STDOUT,
+        )
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        try:
+            while True:
+                with contextlib.suppress(redis.ConnectionError):
+                    client.ping()
+                    return self
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}")
+                time.sleep(0.05)
+        finally:
+            client.close()
+
+    def stop(self):
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(SHUTDOWN_TIMEOUT)
+
+
+@contextlib.contextmanager
+def redis_server():
+    """Run a Redis of the test's own for the block."""
+    instance = RedisServer()
+    try:
+        yield instance.start()
+    finally:
+        instance.stop()
 
 
 class Producer:

@@ -1,7 +1,8 @@
 """Settings of the server and producer processes that the live tests start.
 
 ``tests.settings``, adjusted from the environment the tests pass to the subprocess:
-``CHANNEL_LAYER_BACKEND=memory`` (the in-memory layer instead of channels-redis),
+``CHANNEL_LAYER_BACKEND=memory`` (the in-memory layer instead of channels-redis) or
+``=core`` (channels-redis' core layer instead of its pub/sub one),
 ``EXECUTIONS_KEEPALIVE`` and ``EXECUTIONS_POLL_INTERVAL`` (seconds),
 ``APIKEYS_RATE_LIMIT_KEY_PREFIX`` and ``GZIP_MIDDLEWARE=1``.
 """
@@ -9,10 +10,14 @@
 import os
 
 from tests.settings import *  # noqa: F403
-from tests.settings import APIKEYS, EXECUTIONS, MIDDLEWARE
+from tests.settings import APIKEYS, CHANNEL_LAYERS, EXECUTIONS, MIDDLEWARE
 
 if os.environ.get("CHANNEL_LAYER_BACKEND") == "memory":
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+elif os.environ.get("CHANNEL_LAYER_BACKEND") == "core":
+    CHANNEL_LAYERS = {
+        "default": {**CHANNEL_LAYERS["default"], "BACKEND": "channels_redis.core.RedisChannelLayer"}
+    }
 
 EXECUTIONS = {**EXECUTIONS}
 if os.environ.get("EXECUTIONS_KEEPALIVE"):

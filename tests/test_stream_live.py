@@ -9,14 +9,18 @@ import os
 import signal
 import time
 import uuid
+from functools import partial
 
 import httpx
 import pytest
+import redis
 
 from apikeys.asyncdb import run_in_short_session as db
 from executions.models import Status
 from executions.recorder import ExecutionRecorder
 from tests.live_server import (
+    CORE_LAYER,
+    PUBSUB_LAYER,
     Producer,
     events_url,
     expected_body,
@@ -24,6 +28,7 @@ from tests.live_server import (
     group_members,
     ids_of,
     live_server,
+    redis_server,
     without_keepalives,
 )
 
@@ -269,6 +274,58 @@ def test_events_recorded_while_the_server_restarts_arrive_on_reconnect(user, raw
 
     assert ids_of(first.body) + ids_of(second.body) == list(range(1, 8))
     assert without_keepalives(second.body) == expected_body(recorder.execution_id, "running", 3)
+
+
+def wait_for(predicate):
+    deadline = time.monotonic() + TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, "Still waiting"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("backend", "server_layer"),
+    [(PUBSUB_LAYER, "pubsub"), (CORE_LAYER, "core")],
+    ids=["pubsub-layer", "core-layer"],
+)
+def test_events_recorded_while_redis_restarts_reach_the_open_stream(
+    user, raw_key, settings, backend, server_layer
+):
+    with redis_server() as own_redis:
+        # This process records the events; the server streams them; both on that Redis.
+        settings.CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": backend,
+                "CONFIG": {"hosts": [{"address": own_redis.url}], "prefix": "asgi"},
+            }
+        }
+        client = redis.Redis.from_url(own_redis.url)
+        recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_live")
+        recorder.start()
+        members = partial(group_members, client, recorder.execution_id)
+        with (
+            start_server(
+                "daphne", "redis", REDIS_URL=own_redis.url, CHANNEL_LAYER_BACKEND=server_layer
+            ) as server,
+            open_stream(server, recorder.execution_id, raw_key) as stream,
+        ):
+            stream.read_until(lambda body: ids_of(body) == [1])
+            wait_for(lambda: members() == 1)
+            recorder.progress(completed_nodes=1, total_nodes=5)
+            stream.read_until(lambda body: ids_of(body) == [1, 2])
+
+            own_redis.stop()
+            recorder.progress(completed_nodes=2, total_nodes=5)  # sent nowhere: logged only
+            recorder.progress(completed_nodes=3, total_nodes=5)
+            own_redis.start()
+            wait_for(lambda: members() == 1)  # the server re-subscribed or re-joined
+
+            recorder.progress(completed_nodes=4, total_nodes=5)
+            recorder.complete({"done": True})
+            stream.read_until()
+        client.close()
+    assert ids_of(stream.body) == [1, 2, 3, 4, 5, 6]
+    assert without_keepalives(stream.body) == expected_body(recorder.execution_id, "running")
 
 
 @pytest.mark.django_db(transaction=True)
