@@ -352,15 +352,25 @@ class Hub:
 
     async def tick_forever(self):
         this = asyncio.current_task()
-        while self.ticker is this:
-            interval = get_config()["KEEPALIVE_INTERVAL"]
-            await asyncio.sleep(interval / TICKS_PER_KEEPALIVE)
-            subscriptions = [s for topic in self.topics.values() for s in topic.subscriptions]
-            quiet_since = time.monotonic() - interval * (1 - 1 / TICKS_PER_KEEPALIVE)
-            for subscription in subscriptions:
-                if subscription.last_write <= quiet_since:
-                    subscription.ask_for_keepalive()
-            await self.end_unauthorized(subscriptions)
+        key_check = None
+        try:
+            while self.ticker is this:
+                interval = get_config()["KEEPALIVE_INTERVAL"]
+                await asyncio.sleep(interval / TICKS_PER_KEEPALIVE)
+                subscriptions = [s for topic in self.topics.values() for s in topic.subscriptions]
+                quiet_since = time.monotonic() - interval * (1 - 1 / TICKS_PER_KEEPALIVE)
+                for subscription in subscriptions:
+                    if subscription.last_write <= quiet_since:
+                        subscription.ask_for_keepalive()
+                # Beside the ticks, one at a time: a database that hangs must not stop the
+                # keepalives.
+                if key_check is None or key_check.done():
+                    key_check = asyncio.create_task(
+                        self.end_unauthorized(subscriptions), name="executions-key-check"
+                    )
+        finally:
+            if key_check is not None:
+                key_check.cancel()
 
     async def end_unauthorized(self, subscriptions):
         """End the subscriptions whose key no longer authenticates or lacks their scopes,

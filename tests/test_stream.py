@@ -15,6 +15,7 @@ from datetime import timedelta
 from functools import partial
 from urllib.parse import urlencode
 
+import psycopg
 import pytest
 import pytest_asyncio
 from django.db import OperationalError
@@ -33,6 +34,7 @@ from tests.live_server import (
     CORE_LAYER,
     KEEPALIVE_FRAME,
     PUBSUB_LAYER,
+    database_url,
     events_url,
     expected_body,
     forget_groups,
@@ -403,6 +405,21 @@ async def test_keepalive_comments_fill_the_silence(user, raw_key, connect):
     opening = await db(expected_body, recorder.execution_id, "running")
     assert stream.body.startswith(opening)
     assert set(frames_of(stream.body.removeprefix(opening))) == {KEEPALIVE_FRAME}
+
+
+async def test_keepalives_go_on_while_the_key_check_waits_on_the_database(user, raw_key, connect):
+    recorder = await db(running, user)
+    stream = await connect(recorder.execution_id, raw_key)
+    await stream.wait_for(lambda s: s.ids == [1])
+    # Another session locks the keys' table: every re-check of the key waits on it.
+    async with await psycopg.AsyncConnection.connect(database_url()) as locker:
+        await locker.execute(f"LOCK TABLE {APIKey._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        seen = stream.frames.count(KEEPALIVE_FRAME)
+        await stream.wait_for(lambda s: s.frames.count(KEEPALIVE_FRAME) >= seen + 4)
+        await locker.rollback()
+    await db(recorder.complete)
+    await stream.end()
+    assert stream.ids == [1, 2]
 
 
 KEY_CHANGES = {
