@@ -80,6 +80,10 @@ class StreamingASGIHandler(ASGIHandler):
                     tasks.create_task(self.listen_for_disconnect(receive))
                     if request is not None:
                         response = await self.run_get_response(request)
+                        # Middleware leaves reference cycles through the request (the
+                        # lazy user, the messages storage) that only a full collection
+                        # would free: break them, nothing uses the request any more.
+                        request.__dict__.clear()
                         request = None
                     await self.send_response(response, send)
                     raise ResponseSent

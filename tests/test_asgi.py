@@ -8,10 +8,11 @@ commits its data and does its own database work through ``run_in_short_session``
 import asyncio
 import gc
 import json
+import weakref
 
 import pytest
 from django.core import signals
-from django.core.handlers.asgi import ASGIRequest
+from django.utils.decorators import async_only_middleware
 
 from apikeys.asyncdb import run_in_short_session as db
 from executions import asgi
@@ -150,13 +151,29 @@ async def test_errors_before_the_stream_are_json_envelopes(handler, user, key_he
     assert json.loads(bad_id.body)["error"]["code"] == "validation_error"
 
 
+SEEN_REQUESTS = []
+
+
+@async_only_middleware
+def remember_requests(get_response):
+    """Middleware that keeps a weak reference to every request it sees."""
+
+    async def middleware(request):
+        SEEN_REQUESTS.append(weakref.ref(request))
+        return await get_response(request)
+
+    return middleware
+
+
 @pytest.mark.asyncio
-async def test_an_open_stream_keeps_nothing_of_its_request(handler, user, key_header):
+async def test_an_open_stream_frees_its_request_at_once(user, key_header, settings):
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_asgi.remember_requests"]
+    SEEN_REQUESTS.clear()
     recorder = await db(running, user)
-    exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
+    exchange = Exchange(StreamingASGIHandler(), events_url(recorder.execution_id), [key_header])
     await exchange.wait_for(lambda e: ids_of(e.body) == [1])
-    gc.collect()
-    assert not [obj for obj in gc.get_objects() if isinstance(obj, ASGIRequest)]
+    # Freed, not merely unreachable: no garbage collection needed.
+    assert [ref() for ref in SEEN_REQUESTS] == [None]
     await db(recorder.complete)
     await exchange.finished()
     assert ids_of(exchange.body) == [1, 2]
