@@ -80,10 +80,8 @@ class StreamingASGIHandler(ASGIHandler):
                     tasks.create_task(self.listen_for_disconnect(receive))
                     if request is not None:
                         response = await self.run_get_response(request)
-                        # Middleware leaves reference cycles through the request (the
-                        # lazy user, the messages storage) that only a full collection
-                        # would free: break them, nothing uses the request any more.
-                        request.__dict__.clear()
+                        if isinstance(response, EventStreamResponse):
+                            release_request(request, response)
                         request = None
                     await self.send_response(response, send)
                     raise ResponseSent
@@ -103,7 +101,6 @@ class StreamingASGIHandler(ASGIHandler):
     async def send_response(self, response, send):
         if not isinstance(response, EventStreamResponse):
             return await super().send_response(response, send)
-        close_resources_now(response)
         await send(
             {
                 "type": "http.response.start",
@@ -117,16 +114,19 @@ class StreamingASGIHandler(ASGIHandler):
         await send({"type": "http.response.body"})
 
 
-def close_resources_now(response):
-    """Run the response's resource closers now instead of at ``close()``.
+def release_request(request, response):
+    """Free an event stream's request now, not when the stream ends or later.
 
     Django hands the request's ``close()`` to its response, which would keep the request
-    alive as long as the stream.
+    alive as long as the stream, and middleware leaves reference cycles through it (the
+    lazy user, the messages storage) that only a full collection would free. Once the
+    view has answered nothing uses the request: close it and break the cycles.
     """
     for closer in response._resource_closers:
         with contextlib.suppress(Exception):  # as HttpResponseBase.close() does
             closer()
     response._resource_closers.clear()
+    request.__dict__.clear()
 
 
 def asgi_headers(response):

@@ -19,6 +19,10 @@ CONFIG_DEFAULTS = {
     "POLL_INTERVAL": None,
     # Events read from the log per query when replaying or filling a gap.
     "REPLAY_BATCH_SIZE": 500,
+    # The shortest time between two hand-outs of an execution's events to the streams of
+    # a process (seconds): events that come sooner go out together, in one write per
+    # stream. 0 hands out every event at once.
+    "BATCH_INTERVAL": 0.025,
     # Events a slow stream may have queued before it is closed (the client reconnects
     # with Last-Event-ID and resumes from the log).
     "STREAM_QUEUE_SIZE": 1000,

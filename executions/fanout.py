@@ -80,8 +80,8 @@ class Subscription:
         self.keepalive_due = False
         self.last_write = time.monotonic()
 
-    def put(self, item):
-        self.items.append(item)
+    def put(self, items):
+        self.items.extend(items)
         self.wake()
 
     def end(self):
@@ -124,6 +124,9 @@ class Topic:
         self.subscriptions = set()
         self.inbox = asyncio.Queue()
         self.last_seq = 0
+        self.pending = []  # delivered, not yet handed to the streams
+        self.flush_handle = None
+        self.last_flush = 0.0
         self.ready = asyncio.Event()
         self.task = asyncio.create_task(self.run(), name=f"executions-topic-{execution_id}")
 
@@ -201,14 +204,26 @@ class Topic:
             self.inbox.put_nowait(item.seq)
 
     def deliver(self, item):
+        """Hand the next event to every stream, together with the others that arrive
+        within ``BATCH_INTERVAL`` of the last hand-out."""
         if item.seq != self.last_seq + 1:
             return
         self.last_seq = item.seq
+        self.pending.append(item)
+        if self.flush_handle is None:
+            loop = asyncio.get_running_loop()
+            delay = self.last_flush + get_config()["BATCH_INTERVAL"] - loop.time()
+            self.flush_handle = loop.call_later(max(delay, 0), self.flush)
+
+    def flush(self):
+        self.flush_handle = None
+        self.last_flush = asyncio.get_running_loop().time()
+        items, self.pending = self.pending, []
         limit = get_config()["STREAM_QUEUE_SIZE"]
         too_slow = []
         for subscription in self.subscriptions:
-            if len(subscription.items) < limit:
-                subscription.put(item)
+            if len(subscription.items) + len(items) <= limit:
+                subscription.put(items)
             else:
                 too_slow.append(subscription)
         for subscription in too_slow:

@@ -79,11 +79,13 @@ class Stream:
     def __init__(self, response):
         self.response = response
         self.body = b""
+        self.writes = []  # the body as the server wrote it
         self.task = asyncio.create_task(self.read())
 
     async def read(self):
         async for chunk in self.response.streaming_content:
             self.body += chunk
+            self.writes.append(chunk)
 
     @property
     def frames(self):
@@ -513,6 +515,27 @@ async def test_streams_opened_while_events_are_recorded_miss_and_repeat_nothing(
     for stream in streams:
         await stream.end()
         assert stream.ids == list(range(1, total + 2))
+
+
+async def test_events_that_come_together_reach_a_stream_in_one_write(
+    user, raw_key, connect, settings
+):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "BATCH_INTERVAL": 1.0}
+    recorder = await db(running, user)
+    stream = await connect(recorder.execution_id, raw_key)
+    await stream.wait_for(lambda s: s.ids == [1])
+    before = len(stream.writes)
+    await db(recorder.progress, completed_nodes=1, total_nodes=3)
+    await stream.wait_for(lambda s: s.ids == [1, 2])  # at once: nothing went out lately
+
+    def record_two():
+        recorder.progress(completed_nodes=2, total_nodes=3)
+        recorder.progress(completed_nodes=3, total_nodes=3)
+
+    await db(record_two)
+    await stream.wait_for(lambda s: s.ids == [1, 2, 3, 4])
+    # The two that came within the interval of the last hand-out go out together.
+    assert [ids_of(w) for w in stream.writes[before:] if ids_of(w)] == [[2], [3, 4]]
 
 
 def append_unpublished(recorder):
