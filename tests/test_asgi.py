@@ -18,9 +18,9 @@ from apikeys.asyncdb import run_in_short_session as db
 from executions import asgi
 from executions.asgi import GC_YOUNG_THRESHOLD, StreamingASGIHandler, tune_gc
 from executions.fanout import get_hub
-from executions.recorder import ExecutionRecorder
 from tests.hub import TIMEOUT, eventually, hub_is_idle
 from tests.live_server import events_url, expected_body, ids_of
+from tests.runs import completed_run, running
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -104,26 +104,11 @@ def key_header(make_key):
     return (b"x-api-key", make_key(scopes=["executions:read", "workflows:read"])[1].encode())
 
 
-def completed(user):
-    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_asgi", total_nodes=1)
-    recorder.start()
-    with recorder.node("fetch", "http") as node:
-        node.outputs = {"status": 200}
-    recorder.complete({"ok": True})
-    return recorder.execution_id
-
-
-def running(user):
-    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_asgi")
-    recorder.start()
-    return recorder
-
-
 @pytest.mark.asyncio
 async def test_the_handler_sends_the_contracts_headers_and_frames_then_ends(
     handler, user, key_header
 ):
-    execution_id = await db(completed, user)
+    execution_id = await db(completed_run, user)
     exchange = await Exchange(handler, events_url(execution_id), [key_header]).finished()
     assert exchange.start["status"] == 200
     headers = dict(exchange.start["headers"])
@@ -140,7 +125,7 @@ async def test_errors_before_the_stream_are_json_envelopes(handler, user, key_he
     missing = await Exchange(handler, events_url("exec_missing"), [key_header]).finished()
     assert missing.start["status"] == 404
     assert json.loads(missing.body)["error"]["code"] == "resource_not_found"
-    execution_id = await db(completed, user)
+    execution_id = await db(completed_run, user)
     no_key = await Exchange(handler, events_url(execution_id)).finished()
     assert no_key.start["status"] == 401
     assert json.loads(no_key.body)["error"]["code"] == "invalid_api_key"

@@ -44,6 +44,7 @@ from tests.live_server import (
     redis_layer,
     without_keepalives,
 )
+from tests.runs import completed_run, running
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
 
@@ -170,19 +171,6 @@ def raw_key(make_key):
     return make_key()[1]
 
 
-def completed_run(user, nodes=2):
-    """Record a whole run with every non-terminal event type; return its id."""
-    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_stream", total_nodes=nodes)
-    recorder.start()
-    with recorder.node("fetch", "http") as node:
-        node.outputs = {"status": 200, "body": 'ü "quoted"\nline'}
-    with contextlib.suppress(TimeoutError), recorder.node("call", "ai_chat"):
-        raise TimeoutError("model timed out")
-    recorder.progress(completed_nodes=1, current_node="call", progress=60)
-    recorder.complete({"ok": True})
-    return recorder.execution_id
-
-
 def failed_run(user):
     recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_stream")
     recorder.start()
@@ -197,15 +185,6 @@ def cancelled_run(user):
     recorder.start()
     recorder.cancel()
     return recorder.execution_id
-
-
-def running(user, events=1, mode="live"):
-    """A running execution with ``events`` events (started, then progress); its recorder."""
-    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_stream", mode=mode)
-    recorder.start()
-    for number in range(1, events):
-        recorder.progress(completed_nodes=number, total_nodes=100)
-    return recorder
 
 
 def finish_two_nodes(recorder):
