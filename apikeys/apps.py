@@ -10,6 +10,10 @@ class APIKeysConfig(AppConfig):
         from django.core.signals import setting_changed
 
         from . import checks  # noqa: F401  (registers the system checks)
-        from .conf import clear_config_cache
+        from .conf import app_settings
+        from .scopes import clear_registry_cache
 
-        setting_changed.connect(clear_config_cache, dispatch_uid="apikeys.clear_config_cache")
+        app_settings.on_change(clear_registry_cache)
+        setting_changed.connect(
+            app_settings.setting_changed, dispatch_uid="apikeys.clear_config_cache"
+        )

@@ -1,50 +1,52 @@
-"""Authenticate requests by API key and check their scopes; one core for DRF and plain views."""
+"""Authenticate requests by API key and check their scopes: the core under the DRF classes,
+the async views' decorator and the event stream."""
 
-import logging
 from functools import wraps
 
 from django.core.exceptions import ValidationError
 from django.core.validators import validate_ipv46_address
 from django.utils import timezone
 
-from . import ratelimit, tokens
+from . import keys, ratelimit
 from .asyncdb import run_in_short_session
 from .conf import get_config
 from .exceptions import (
-    APIError,
     ExpiredAPIKey,
     InsufficientScope,
-    InternalError,
     InvalidAPIKey,
     RevokedAPIKey,
+    answers_api_errors,
 )
 from .models import APIKey
-from .responses import error_response
 
-logger = logging.getLogger(__name__)
-
-BEARER = "bearer "
+HEADER = "X-API-Key"
+KEYWORD = "Bearer"
 
 
-def raw_key_from(request):
-    """Return the key sent in ``X-API-Key`` or ``Authorization: Bearer``, or None."""
-    key = request.headers.get("X-API-Key")
+def raw_key_from(request, header=HEADER, keyword=KEYWORD):
+    """Return the key sent in ``header`` or as ``Authorization: <keyword> <key>``, or None.
+
+    A ``keyword`` credential that does not start like one of ours (``fm_``) belongs to
+    another scheme, a host's own tokens for example, and is left to it.
+    """
+    key = request.headers.get(header)
     if key:
         return key.strip()
-    authorization = request.headers.get("Authorization", "")
-    if authorization[: len(BEARER)].lower() == BEARER:
-        return authorization[len(BEARER) :].strip()
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    credential = credential.strip()
+    if scheme.lower() == keyword.lower() and credential.startswith(keys.FAMILY_PREFIX):
+        return credential
     return None
 
 
 def find_key(raw):
     """Return the usable ``APIKey`` for a raw key or raise the matching ``APIError``."""
-    mode = tokens.mode_of(raw or "")
+    mode = keys.mode_of(raw or "")
     if mode is None or (mode == APIKey.Mode.TEST and not get_config()["ACCEPT_TEST_KEYS"]):
         raise InvalidAPIKey
-    stored = tokens.digest(raw)
+    stored = keys.digest(raw)
     key = APIKey.objects.select_related("owner").filter(key_hash=stored).first()
-    if key is None or not tokens.matches(raw, key.key_hash) or not key.owner.is_active:
+    if key is None or not keys.matches(raw, key.key_hash) or not key.owner.is_active:
         raise InvalidAPIKey
     if key.revoked_at is not None:
         raise RevokedAPIKey
@@ -63,22 +65,15 @@ def client_ip(request):
     return address
 
 
-def authenticate(request):
-    """Authenticate ``request`` and count it against the key's rate limits.
-
-    Set ``request.api_key`` and ``request.rate_limit`` and return the key; raise an
-    ``APIError`` when the key is missing, unknown, revoked, expired or over its limit.
-    """
-    key = find_key(raw_key_from(request))
-    request.api_key = key
+def key_from_request(request, header=HEADER, keyword=KEYWORD):
+    """Return the ``APIKey`` the request authenticates with, or None when it sends no key;
+    raise an ``APIError`` for a key that is sent and not usable."""
+    raw = raw_key_from(request, header, keyword)
+    if raw is None:
+        return None
+    key = find_key(raw)
     key.record_use(client_ip(request))
-    request.rate_limit = ratelimit.hit(key)
     return key
-
-
-async def aauthenticate(request):
-    """``authenticate()`` for async views: no request-bound thread or connection is held."""
-    return await run_in_short_session(authenticate, request)
 
 
 def check_scopes(key, required):
@@ -106,22 +101,26 @@ def usable_key_scopes(key_ids):
     )
 
 
+def _authenticate_and_count(request):
+    key = key_from_request(request)
+    if key is None:
+        raise InvalidAPIKey
+    ratelimit.count(request, key)
+    return key
+
+
 def scopes_required(*scopes):
-    """Decorate an async view: authenticate by API key, require ``scopes``, answer errors
-    in the contract's envelope."""
+    """Decorate an async view: authenticate by API key (``request.api_key``), count the
+    request against the key's rate limits, require ``scopes``, and answer errors in the
+    contract's envelope."""
 
     def decorator(view):
+        @answers_api_errors
         @wraps(view)
         async def wrapper(request, *args, **kwargs):
-            try:
-                key = await aauthenticate(request)
-                check_scopes(key, scopes)
-                return await view(request, *args, **kwargs)
-            except APIError as error:
-                return error_response(request, error)
-            except Exception:
-                logger.exception("Unhandled error in %s", view.__qualname__)
-                return error_response(request, InternalError())
+            key = request.api_key = await run_in_short_session(_authenticate_and_count, request)
+            check_scopes(key, scopes)
+            return await view(request, *args, **kwargs)
 
         wrapper.required_scopes = scopes
         return wrapper

@@ -2,8 +2,10 @@
 
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
+from django.utils.module_loading import import_string
 
-from .conf import get_config
+from .conf import app_settings, get_config
+from .middleware import APIMiddleware
 from .scopes import all_scopes
 
 MIDDLEWARE_PATH = "apikeys.middleware.APIMiddleware"
@@ -26,8 +28,21 @@ def check_test_keys_in_production(app_configs, **kwargs):
 
 
 @register()
+def check_settings_keys(app_configs, **kwargs):
+    return app_settings.check_keys("apikeys.E003")
+
+
+def is_api_middleware(path):
+    try:
+        middleware = import_string(path)
+    except ImportError:
+        return False  # Django's own start-up reports it
+    return isinstance(middleware, type) and issubclass(middleware, APIMiddleware)
+
+
+@register()
 def check_middleware(app_configs, **kwargs):
-    if MIDDLEWARE_PATH in settings.MIDDLEWARE:
+    if any(is_api_middleware(path) for path in settings.MIDDLEWARE):
         return []
     return [
         Warning(

@@ -1,8 +1,6 @@
 """The app's settings: one ``APIKEYS`` dict in the host's settings, merged over defaults."""
 
-from functools import cache
-
-from django.conf import settings
+from .appsettings import AppSettings
 
 CONFIG_DEFAULTS = {
     # Extra scopes the host site registers: {"reports:read": "Read reports"}.
@@ -25,17 +23,5 @@ CONFIG_DEFAULTS = {
 }
 
 
-@cache
-def get_config():
-    """Return the effective ``APIKEYS`` settings."""
-    config = CONFIG_DEFAULTS.copy()
-    config.update(getattr(settings, "APIKEYS", {}))
-    return config
-
-
-def clear_config_cache(*, setting, **kwargs):
-    if setting == "APIKEYS":
-        get_config.cache_clear()
-        from .scopes import clear_registry_cache
-
-        clear_registry_cache()
+app_settings = AppSettings("APIKEYS", CONFIG_DEFAULTS)
+get_config = app_settings.get

@@ -1,7 +1,19 @@
-"""The API's errors: each carries the contract's HTTP status, code, message and details."""
+"""The API's errors: each carries the contract's HTTP status, code, message and details;
+and the DRF exception handler that answers every error, even a crash, in the envelope."""
 
+import logging
+from functools import wraps
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
 from rest_framework.exceptions import APIException
+from rest_framework.response import Response
+
+from .responses import error_body, error_response
+
+logger = logging.getLogger(__name__)
 
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="api"'}
 
@@ -94,3 +106,63 @@ class InternalError(APIError):
 
 
 AUTHENTICATION_ERRORS = (InvalidAPIKey, ExpiredAPIKey, RevokedAPIKey)
+
+
+def as_api_error(exc):
+    """Return the ``APIError`` the contract answers for ``exc``, or None for a crash."""
+    if isinstance(exc, APIError):
+        return exc
+    if isinstance(exc, Http404):
+        return ResourceNotFound()
+    if isinstance(exc, drf_exceptions.ValidationError):
+        return ValidationError("The request is not valid.", details=exc.detail)
+    if isinstance(exc, drf_exceptions.ParseError):
+        return ValidationError(
+            "The request body is not valid JSON.", details={"body": str(exc.detail)}
+        )
+    if isinstance(exc, drf_exceptions.UnsupportedMediaType):
+        return ValidationError(
+            "The request body must be JSON (Content-Type: application/json).",
+            details={"body": str(exc.detail)},
+        )
+    if isinstance(exc, drf_exceptions.NotAuthenticated | drf_exceptions.AuthenticationFailed):
+        return InvalidAPIKey()
+    if isinstance(exc, drf_exceptions.Throttled):
+        return RateLimitExceeded()
+    if isinstance(exc, DjangoPermissionDenied | drf_exceptions.PermissionDenied):
+        return InsufficientScope()
+    if isinstance(exc, drf_exceptions.APIException):
+        error = APIError(str(exc.detail))
+        error.status_code, error.code = exc.status_code, exc.default_code
+        return error
+    return None
+
+
+def exception_handler(exc, context):
+    """A DRF exception handler: every error, even an unexpected one, in the envelope."""
+    request = context["request"]
+    error = as_api_error(exc)
+    if error is None:
+        logger.exception("Unhandled error in %s", context.get("view"), exc_info=exc)
+        error = InternalError()
+    response = Response(error_body(request._request, error), status=error.status_code)
+    for name, value in error.headers.items():
+        response[name] = value
+    return response
+
+
+def answers_api_errors(view):
+    """Decorate an async view outside DRF: an ``APIError`` it raises is answered in the
+    envelope, and so is a crash, as ``internal_error`` (logged, never in the body)."""
+
+    @wraps(view)
+    async def wrapper(request, *args, **kwargs):
+        try:
+            return await view(request, *args, **kwargs)
+        except APIError as error:
+            return error_response(request, error)
+        except Exception:
+            logger.exception("Unhandled error in %s", view.__qualname__)
+            return error_response(request, InternalError())
+
+    return wrapper

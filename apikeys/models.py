@@ -6,7 +6,7 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from . import tokens
+from . import keys
 from .conf import get_config
 from .scopes import unknown_scopes
 
@@ -44,9 +44,9 @@ class APIKeyQuerySet(models.QuerySet):
 class APIKeyManager(models.Manager.from_queryset(APIKeyQuerySet)):
     def assign_key(self, key):
         """Give the unsaved ``key`` a new secret for its mode; return the raw key, never stored."""
-        raw = tokens.generate(key.mode)
-        key.prefix = tokens.display_prefix(raw)
-        key.key_hash = tokens.digest(raw)
+        raw = keys.generate(key.mode)
+        key.prefix = keys.display_prefix(raw)
+        key.key_hash = keys.digest(raw)
         return raw
 
     def create_key(self, *, owner, name, mode="live", scopes=(), **fields):
@@ -74,7 +74,7 @@ class APIKey(models.Model):
     )
     mode = models.CharField(max_length=4, choices=Mode.choices, default=Mode.LIVE)
     scopes = models.JSONField(default=list, validators=[validate_scopes])
-    prefix = models.CharField(max_length=tokens.PREFIX_LENGTH, db_index=True, editable=False)
+    prefix = models.CharField(max_length=keys.PREFIX_LENGTH, db_index=True, editable=False)
     key_hash = models.CharField(max_length=128, unique=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     expires_at = models.DateTimeField(null=True, blank=True)

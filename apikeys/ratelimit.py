@@ -130,3 +130,11 @@ def hit(api_key, now=None):
             headers={**result.headers(), "Retry-After": str(retry_after)},
         )
     return result
+
+
+def count(request, api_key):
+    """Count ``request`` against ``api_key``'s limits once, and keep the outcome on it as
+    ``request.rate_limit`` for the response's ``X-RateLimit-*`` headers."""
+    if not hasattr(request, "rate_limit"):
+        request.rate_limit = hit(api_key)
+    return request.rate_limit

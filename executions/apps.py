@@ -10,6 +10,8 @@ class ExecutionsConfig(AppConfig):
         from django.core.signals import setting_changed
 
         from . import checks  # noqa: F401  (registers the system checks)
-        from .conf import clear_config_cache
+        from .conf import app_settings
 
-        setting_changed.connect(clear_config_cache, dispatch_uid="executions.clear_config_cache")
+        setting_changed.connect(
+            app_settings.setting_changed, dispatch_uid="executions.clear_config_cache"
+        )

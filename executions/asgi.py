@@ -9,13 +9,30 @@ from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
+from django.http import StreamingHttpResponse
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
 from .conf import get_config
-from .events import EventStreamResponse
 
 # The cyclic GC's first threshold under tune_gc() (Python's default is 700).
 GC_YOUNG_THRESHOLD = 10_000
+# Where __call__ leaves its resolution of the path for resolve_request() to reuse.
+RESOLVED = "executions.resolver_match"
+
+
+class EventStreamResponse(StreamingHttpResponse):
+    """A ``text/event-stream`` response over an async iterator of frames (bytes), neither
+    cached nor buffered by proxies."""
+
+    def __init__(self, frames):
+        super().__init__(frames, content_type="text/event-stream")
+        self.frames = frames
+        self["Cache-Control"] = "no-cache"
+        self["X-Accel-Buffering"] = "no"
+
+    def __aiter__(self):
+        # The frames are bytes already: Django's mapping through make_bytes() is skipped.
+        return aiter(self.frames)
 
 
 def streams_events(view):
@@ -34,35 +51,52 @@ class StreamingASGIHandler(ASGIHandler):
 
     Django runs each request in its own thread-sensitive context, and the sync signal
     receivers and middleware hooks of even an async view start a thread in it that lives
-    as long as the response: one OS thread per open event stream. Requests to async views
-    skip that context, so their brief sync hooks share asgiref's one sync thread.
+    as long as the response: one OS thread per open event stream. Requests to views
+    marked ``@streams_events`` skip that context, so their brief sync hooks share
+    asgiref's one sync thread; they also let go of their request (headers, session, user,
+    resolver match, model instances) once the view has answered, since a stream may stay
+    open for hours, and their frames go from the iterator to ``send`` with nothing in
+    between. ``EXECUTIONS["THREAD_FREE_ASYNC_VIEWS"]`` has every async view skip the
+    context too (its sync hooks then wait on each other's requests).
 
-    A request to a view marked ``@streams_events`` also lets go of its request (headers,
-    session, user, resolver match, the key's model instances) once the view has answered,
-    since its stream may stay open for hours, and its frames go from the iterator to
-    ``send`` with nothing in between.
+    Which view a request goes to is decided on the root URLconf, before any middleware
+    runs; that resolution serves the request unless a middleware sets ``request.urlconf``.
     """
 
     async def __call__(self, scope, receive, send):
-        view = self.view_of(scope) if scope["type"] == "http" else None
+        view = self.resolve_scope(scope) if scope["type"] == "http" else None
         if getattr(view, "streams_events", False):
             await self.handle_event_stream(scope, receive, send)
-        elif iscoroutinefunction(view):
+        elif iscoroutinefunction(view) and get_config()["THREAD_FREE_ASYNC_VIEWS"]:
             await self.handle(scope, receive, send)
         else:
             await super().__call__(scope, receive, send)
 
     @staticmethod
-    def view_of(scope):
-        """Return the view the request's path resolves to, or None."""
+    def resolve_scope(scope):
+        """Resolve the request's path on the root URLconf; keep the outcome in the scope
+        for ``resolve_request()`` and return the view, or None."""
         path = scope["path"]
-        root_path = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :]
+        script_name = get_script_prefix(scope)
+        if script_name:
+            path = path.removeprefix(script_name.rstrip("/"))
         try:
-            return get_resolver().resolve(path).func
-        except Resolver404:
-            return None
+            outcome = get_resolver().resolve(path)
+        except Resolver404 as not_found:
+            outcome = not_found
+        scope[RESOLVED] = (path, outcome)
+        return getattr(outcome, "func", None)
+
+    def resolve_request(self, request):
+        """``BaseHandler.resolve_request()``, reusing ``__call__``'s resolution unless a
+        middleware chose another URLconf for the request."""
+        path, outcome = request.scope.pop(RESOLVED, (None, None))
+        if path != request.path_info or hasattr(request, "urlconf"):
+            return super().resolve_request(request)
+        if isinstance(outcome, Resolver404):
+            raise outcome
+        request.resolver_match = outcome
+        return outcome
 
     async def handle_event_stream(self, scope, receive, send):
         """``handle()`` as Django 6.1 writes it, except that the request is dropped as soon

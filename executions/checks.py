@@ -3,13 +3,18 @@
 from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
-from .conf import get_config
+from .conf import app_settings, get_config
 
 IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
 
 
 def configured_layer():
     return getattr(settings, "CHANNEL_LAYERS", {}).get(get_config()["CHANNEL_LAYER"])
+
+
+@register()
+def check_settings_keys(app_configs, **kwargs):
+    return app_settings.check_keys("executions.E002")
 
 
 @register(Tags.compatibility)
@@ -36,8 +41,7 @@ def check_in_memory_layer(app_configs, **kwargs):
         Warning(
             "The in-memory channel layer is used while DEBUG is off: events recorded in "
             "another process reach streams only by polling the database.",
-            hint="Use channels_redis.pubsub.RedisPubSubChannelLayer in production (set REDIS_URL "
-            "on the demo site).",
+            hint="Use channels_redis.pubsub.RedisPubSubChannelLayer in production.",
             id="executions.W001",
         )
     ]

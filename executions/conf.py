@@ -1,8 +1,6 @@
 """The app's settings: one ``EXECUTIONS`` dict in the host's settings, merged over defaults."""
 
-from functools import cache
-
-from django.conf import settings
+from apikeys.appsettings import AppSettings
 
 CONFIG_DEFAULTS = {
     # Seconds of silence after which a stream sends ": keepalive"; it re-checks its key
@@ -23,23 +21,19 @@ CONFIG_DEFAULTS = {
     # a process (seconds): events that come sooner go out together, in one write per
     # stream. 0 hands out every event at once.
     "BATCH_INTERVAL": 0.025,
+    # The kinds of grant that open an event stream, tried in order (executions.grants).
+    "STREAM_GRANTS": ["executions.grants.APIKeyGrant"],
     # Events a slow stream may have queued before it is closed (the client reconnects
     # with Last-Event-ID and resumes from the log).
     "STREAM_QUEUE_SIZE": 1000,
     # Whether executions.asgi.get_asgi_application() tunes the process's garbage
     # collector for thousands of open streams (see executions.asgi.tune_gc).
     "TUNE_GC": True,
+    # Whether executions.asgi.StreamingASGIHandler serves every async view, not only the
+    # event stream, outside Django's per-request thread context (see its docstring).
+    "THREAD_FREE_ASYNC_VIEWS": False,
 }
 
 
-@cache
-def get_config():
-    """Return the effective ``EXECUTIONS`` settings."""
-    config = CONFIG_DEFAULTS.copy()
-    config.update(getattr(settings, "EXECUTIONS", {}))
-    return config
-
-
-def clear_config_cache(*, setting, **kwargs):
-    if setting == "EXECUTIONS":
-        get_config.cache_clear()
+app_settings = AppSettings("EXECUTIONS", CONFIG_DEFAULTS)
+get_config = app_settings.get

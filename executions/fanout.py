@@ -5,8 +5,8 @@ group once, through a single channel that one task receives from. Each watched e
 (a ``Topic``) hands its events, in sequence order and without gaps, to its streams'
 subscriptions: an event the layer did not bring (dropped over capacity, lost in a Redis
 restart, sent in a process whose in-memory layer this one cannot hear) is read from the
-log first. One ticker per process sends keepalives and re-checks keys for every stream,
-so an open stream waits on nothing but its own subscription.
+log first. One ticker per process sends keepalives and re-checks the grants of every
+stream, so an open stream waits on nothing but its own subscription.
 """
 
 import asyncio
@@ -14,16 +14,15 @@ import contextlib
 import logging
 import time
 import weakref
-from dataclasses import dataclass
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from apikeys.asyncdb import run_in_short_session
-from apikeys.auth import usable_key_scopes
 
+from . import messages
 from .conf import get_config
-from .events import MESSAGE_TYPE, TERMINAL_EVENTS, frame, group_name
-from .models import Event, Execution
+from .log import log_batches
+from .models import Execution
 
 logger = logging.getLogger(__name__)
 
@@ -35,34 +34,6 @@ RETRY_DELAY = 1.0
 TICKS_PER_KEEPALIVE = 4
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """One event as streams send it."""
-
-    seq: int
-    event: str
-    frame: bytes
-
-    @property
-    def is_terminal(self):
-        return self.event in TERMINAL_EVENTS
-
-
-def read_log(execution_id, after_seq, limit):
-    """Return up to ``limit`` logged events of an execution after ``after_seq``, as Items."""
-    rows = (
-        Event.objects.filter(execution_id=execution_id, seq__gt=after_seq)
-        .order_by("seq")
-        .values_list("seq", "type", "data")[:limit]
-    )
-    return [Item(seq, event, frame(seq, event, data)) for seq, event, data in rows]
-
-
-async def aread_log(execution_id, after_seq, limit=None):
-    limit = limit or get_config()["REPLAY_BATCH_SIZE"]
-    return await run_in_short_session(read_log, execution_id, after_seq, limit)
-
-
 class Subscription:
     """One open stream's share of a topic: the events delivered to it and not yet taken.
 
@@ -70,13 +41,13 @@ class Subscription:
     hold one, and each event touches every one of them.
     """
 
-    __slots__ = ("ended", "items", "keepalive_due", "key_id", "last_write", "scopes", "waiter")
+    __slots__ = ("ended", "grant", "items", "keepalive_due", "last_write", "scopes", "waiter")
 
-    def __init__(self, key_id, scopes):
-        self.key_id, self.scopes = key_id, frozenset(scopes)
+    def __init__(self, grant, scopes):
+        self.grant, self.scopes = grant, frozenset(scopes)
         self.items = []
         self.waiter = None
-        self.ended = False  # the stream must end: its client is too slow, or its key is void
+        self.ended = False  # the stream must end: its client is too slow, or its grant is void
         self.keepalive_due = False
         self.last_write = time.monotonic()
 
@@ -120,7 +91,7 @@ class Topic:
 
     def __init__(self, hub, execution_id):
         self.hub, self.execution_id = hub, execution_id
-        self.group = group_name(execution_id)
+        self.group = messages.group_name(execution_id)
         self.subscriptions = set()
         self.inbox = asyncio.Queue()
         self.last_seq = 0
@@ -185,16 +156,12 @@ class Topic:
 
     async def catch_up(self):
         """Deliver everything logged after ``last_seq``, in order."""
-        while True:
-            try:
-                items = await aread_log(self.execution_id, self.last_seq)
-            except Exception as exc:
-                logger.warning("Reading the log of %s failed: %r", self.execution_id, exc)
-                return
-            for item in items:
-                self.deliver(item)
-            if len(items) < get_config()["REPLAY_BATCH_SIZE"]:
-                return
+        try:
+            async for batch in log_batches(self.execution_id, self.last_seq):
+                for item in batch:
+                    self.deliver(item)
+        except Exception as exc:
+            logger.warning("Reading the log of %s failed: %r", self.execution_id, exc)
 
     def receive(self, item):
         """Take an event from the channel layer: deliver it if it is next, else fill the gap."""
@@ -249,16 +216,16 @@ class Hub:
         self.ticker = None
         self.joined = set()
 
-    async def subscribe(self, execution_id, key_id, scopes):
+    async def subscribe(self, execution_id, grant, scopes):
         """Return a ``Subscription`` to the execution's events from now on, in order, that
-        ends once the API key ``key_id`` no longer authenticates or lacks one of ``scopes``."""
+        ends once ``grant`` is no longer valid or lacks one of ``scopes``."""
         self.start()
         # No await between the look-up and the insert: streams subscribing at the same
         # time must share one Topic, or those left on a replaced one hear only its polls.
         topic = self.topics.get(execution_id)
         if topic is None:
             topic = self.topics[execution_id] = Topic(self, execution_id)
-        subscription = Subscription(key_id, scopes)
+        subscription = Subscription(grant, scopes)
         topic.subscriptions.add(subscription)
         try:
             await topic.ready.wait()
@@ -359,15 +326,17 @@ class Hub:
                     topic.wake()
                 await asyncio.sleep(RETRY_DELAY)
                 continue
-            if msg.get("type") != MESSAGE_TYPE:
+            parsed = messages.parse(msg)
+            if parsed is None:
                 continue
-            topic = self.topics.get(msg["execution_id"])
+            execution_id, item = parsed
+            topic = self.topics.get(execution_id)
             if topic is not None:
-                topic.receive(Item(msg["seq"], msg["event"], msg["frame"].encode()))
+                topic.receive(item)
 
     async def tick_forever(self):
         this = asyncio.current_task()
-        key_check = None
+        grant_check = None
         try:
             while self.ticker is this:
                 interval = get_config()["KEEPALIVE_INTERVAL"]
@@ -379,31 +348,32 @@ class Hub:
                         subscription.ask_for_keepalive()
                 # Beside the ticks, one at a time: a database that hangs must not stop the
                 # keepalives.
-                if key_check is None or key_check.done():
-                    key_check = asyncio.create_task(
-                        self.end_unauthorized(subscriptions), name="executions-key-check"
+                if grant_check is None or grant_check.done():
+                    grant_check = asyncio.create_task(
+                        self.end_invalid(subscriptions), name="executions-grant-check"
                     )
         finally:
-            if key_check is not None:
-                key_check.cancel()
+            if grant_check is not None:
+                grant_check.cancel()
 
-    async def end_unauthorized(self, subscriptions):
-        """End the subscriptions whose key no longer authenticates or lacks their scopes,
-        in one query however many streams and keys there are."""
-        if not subscriptions:
-            return
-        try:
-            held = await run_in_short_session(
-                usable_key_scopes, {subscription.key_id for subscription in subscriptions}
-            )
-        except Exception as exc:
-            # The database is unreachable: keep streaming what was recorded before.
-            logger.warning("Re-checking the streams' API keys failed: %r", exc)
-            return
-        held = {key_id: frozenset(scopes) for key_id, scopes in held.items()}
+    async def end_invalid(self, subscriptions):
+        """End the subscriptions whose grant is no longer valid or lacks their scopes: one
+        query per kind of grant, however many streams there are."""
+        by_kind = {}
         for subscription in subscriptions:
-            if not subscription.scopes <= held.get(subscription.key_id, frozenset()):
-                subscription.end()
+            by_kind.setdefault(type(subscription.grant), []).append(subscription)
+        for kind, of_kind in by_kind.items():
+            try:
+                held = await run_in_short_session(
+                    kind.current_scopes, [subscription.grant for subscription in of_kind]
+                )
+            except Exception as exc:
+                # The database is unreachable: keep streaming what was recorded before.
+                logger.warning("Re-checking the streams' %s failed: %r", kind.__name__, exc)
+                continue
+            for subscription in of_kind:
+                if not subscription.scopes <= held.get(subscription.grant, frozenset()):
+                    subscription.end()
 
 
 _hubs = weakref.WeakKeyDictionary()

@@ -26,9 +26,15 @@ class Mode(models.TextChoices):
 
 
 class ExecutionQuerySet(models.QuerySet):
-    def visible_to(self, api_key):
-        """Executions the key may see: its owner's, in its mode."""
-        return self.filter(owner_id=api_key.owner_id, mode=api_key.mode)
+    def visible_to(self, viewer):
+        """Executions ``viewer`` (an API key or a stream's grant) may see: those of its
+        ``owner_id`` in its ``mode``, where None stands for every owner or both modes."""
+        executions = self
+        if viewer.owner_id is not None:
+            executions = executions.filter(owner_id=viewer.owner_id)
+        if viewer.mode is not None:
+            executions = executions.filter(mode=viewer.mode)
+        return executions
 
 
 class Execution(models.Model):

@@ -12,21 +12,11 @@ from asgiref.sync import SyncToAsync, async_to_sync
 from channels.layers import get_channel_layer
 
 from .conf import get_config
-from .events import MESSAGE_TYPE, group_name
+from .messages import group_name
 
 logger = logging.getLogger(__name__)
 
 SEND_TIMEOUT = 5.0
-
-
-def message(execution_id, seq, event_type, frame):
-    return {
-        "type": MESSAGE_TYPE,
-        "execution_id": execution_id,
-        "seq": seq,
-        "event": event_type,
-        "frame": frame.decode(),
-    }
 
 
 async def apublish(msg):

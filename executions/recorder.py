@@ -22,9 +22,10 @@ from django.utils import timezone
 
 from apikeys.responses import format_timestamp
 
-from . import events
+from . import events, messages
+from .log import Item
 from .models import Event, Execution, NodeRun, Status
-from .publisher import message, publish
+from .publisher import publish
 
 
 class ExecutionFinished(Exception):
@@ -101,13 +102,9 @@ class ExecutionRecorder:
             Event.objects.create(
                 execution=execution, seq=execution.last_seq, type=event_type, data=data
             )
-            msg = message(
-                execution.pk,
-                execution.last_seq,
-                event_type,
-                events.frame(execution.last_seq, event_type, data),
-            )
-            transaction.on_commit(partial(publish, msg))
+            seq = execution.last_seq
+            item = Item(seq, event_type, events.frame(seq, event_type, data))
+            transaction.on_commit(partial(publish, messages.build(execution.pk, item)))
         return execution
 
     def start(self):

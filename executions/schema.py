@@ -1,13 +1,54 @@
-"""OpenAPI pieces of the executions API: envelopes, error responses, and the event stream."""
+"""The executions API's OpenAPI schema: its own generator settings and views, whatever the
+host's ``SPECTACULAR_SETTINGS``; envelopes, error responses, and the event stream.
 
+The schema is generated with ``SCHEMA_SETTINGS`` alone, from the endpoints of this app's
+views wherever the host mounts them:
+
+    python manage.py spectacular --custom-settings executions.schema.SCHEMA_SETTINGS
+"""
+
+import importlib.util
 from functools import cache
 
+from django.urls import get_script_prefix, reverse
+from drf_spectacular.settings import SPECTACULAR_DEFAULTS, patched_settings
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers
+from rest_framework.permissions import AllowAny
 
 from apikeys.openapi import SECURITY_SCHEMES
+from apikeys.views import ScopedAPIView
 
 from .events import EVENT_TYPES
+
+TITLE = "FlowMaestro-compatible executions API"
+# drf-spectacular's defaults but for what this schema sets; SERVE_* and the generator
+# class cannot be patched, and are given to the views instead.
+SCHEMA_SETTINGS = {
+    **{
+        name: value
+        for name, value in SPECTACULAR_DEFAULTS.items()
+        if not name.startswith("SERVE_") and name != "DEFAULT_GENERATOR_CLASS"
+    },
+    "TITLE": TITLE,
+    "DESCRIPTION": "Start workflows, follow their executions live over server-sent events, "
+    "and cancel them. Every request carries an API key (`X-API-Key` or "
+    "`Authorization: Bearer`).",
+    "VERSION": "1.0.0",
+    "PREPROCESSING_HOOKS": ["executions.schema.executions_endpoints_only"],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "executions.schema.add_event_stream",
+    ],
+}
+if importlib.util.find_spec("drf_spectacular_sidecar") is not None:
+    # Swagger UI's assets from the site's own static files, not from a CDN.
+    SCHEMA_SETTINGS |= {
+        "SWAGGER_UI_DIST": "SIDECAR",
+        "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+        "REDOC_DIST": "SIDECAR",
+    }
 
 EVENT_FIELDS = {
     "connected": "status (sent first on every connection; no id)",
@@ -147,19 +188,50 @@ def stream_operation(error_schema):
     }
 
 
+def is_executions_api_view(callback):
+    view = getattr(callback, "cls", None)
+    return (
+        isinstance(view, type)
+        and issubclass(view, ScopedAPIView)
+        and view.__module__.startswith("executions.")
+    )
+
+
 def executions_endpoints_only(endpoints):
-    """drf-spectacular preprocessing hook: keep only this app's endpoints in the schema."""
-    return [
-        endpoint
-        for endpoint in endpoints
-        if getattr(endpoint[3], "cls", endpoint[3]).__module__.startswith("executions.")
-    ]
+    """drf-spectacular preprocessing hook: keep only this app's API endpoints."""
+    return [endpoint for endpoint in endpoints if is_executions_api_view(endpoint[3])]
+
+
+def event_stream_path():
+    """Return the stream's path template where the host mounts the app, as schema paths
+    are written: from the site's root, without its script prefix."""
+    path = reverse("executions:execution-events", kwargs={"execution_id": "EXECUTION_ID"})
+    return "/" + path.removeprefix(get_script_prefix()).replace("EXECUTION_ID", "{execution_id}")
 
 
 def add_event_stream(result, generator, request, public):
     """drf-spectacular postprocessing hook: document the (non-DRF) SSE endpoint."""
     error_schema = {"$ref": "#/components/schemas/ErrorEnvelope"}
-    result["paths"]["/api/v1/executions/{execution_id}/events"] = {
-        "get": stream_operation(error_schema)
-    }
+    result["paths"][event_stream_path()] = {"get": stream_operation(error_schema)}
     return result
+
+
+class SchemaView(SpectacularAPIView):
+    """The API's OpenAPI schema (YAML, or JSON with ``?format=json``), for anyone."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    custom_settings = SCHEMA_SETTINGS
+
+
+class DocsView(SpectacularSwaggerView):
+    """Swagger UI over ``SchemaView``, for anyone."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    url_name = "executions:schema"
+    title = TITLE
+
+    def get(self, request, *args, **kwargs):
+        with patched_settings(SCHEMA_SETTINGS):
+            return super().get(request, *args, **kwargs)

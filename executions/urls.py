@@ -1,8 +1,6 @@
 from django.urls import path, re_path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.permissions import AllowAny
 
-from . import stream, views
+from . import schema, stream, views
 
 app_name = "executions"
 
@@ -22,17 +20,7 @@ urlpatterns = [
         name="execution-cancel",
     ),
     path("executions/<str:execution_id>/events", stream.execution_events, name="execution-events"),
-    path(
-        "schema/",
-        SpectacularAPIView.as_view(authentication_classes=[], permission_classes=[AllowAny]),
-        name="schema",
-    ),
-    path(
-        "docs/",
-        SpectacularSwaggerView.as_view(
-            url_name="executions:schema", authentication_classes=[], permission_classes=[AllowAny]
-        ),
-        name="docs",
-    ),
+    path("schema/", schema.SchemaView.as_view(), name="schema"),
+    path("docs/", schema.DocsView.as_view(), name="docs"),
     re_path(r"^.*$", views.not_found, name="not-found"),
 ]

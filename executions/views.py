@@ -3,13 +3,14 @@
 import logging
 
 from django.db.models import Prefetch
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import OpenApiParameter
 from rest_framework import status
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from apikeys.exceptions import ResourceNotFound, ServiceUnavailable, ValidationError
+from apikeys.openapi import extend_scoped_schema
 from apikeys.responses import error_response, success_body
+from apikeys.views import ScopedAPIView
 
 from . import schema
 from .models import Execution, NodeRun, Status
@@ -48,10 +49,10 @@ def find_execution(request, execution_id):
     return execution
 
 
-class WorkflowList(APIView):
+class WorkflowList(ScopedAPIView):
     required_scopes = ("workflows:read",)
 
-    @extend_schema(
+    @extend_scoped_schema(
         operation_id="workflows_list",
         summary="List workflows",
         parameters=schema.PAGE_PARAMETERS,
@@ -64,10 +65,10 @@ class WorkflowList(APIView):
         return Response(success_body(request, data, pagination))
 
 
-class WorkflowDetail(APIView):
+class WorkflowDetail(ScopedAPIView):
     required_scopes = ("workflows:read",)
 
-    @extend_schema(
+    @extend_scoped_schema(
         operation_id="workflows_get",
         summary="Get a workflow",
         responses=schema.envelope(WorkflowSerializer),
@@ -77,10 +78,10 @@ class WorkflowDetail(APIView):
         return Response(success_body(request, data))
 
 
-class WorkflowExecute(APIView):
+class WorkflowExecute(ScopedAPIView):
     required_scopes = ("workflows:read", "workflows:execute")
 
-    @extend_schema(
+    @extend_scoped_schema(
         operation_id="workflows_execute",
         summary="Execute a workflow",
         description="Validates the inputs, creates a pending execution and queues it; answers "
@@ -118,10 +119,10 @@ class WorkflowExecute(APIView):
         return Response(success_body(request, data), status=status.HTTP_202_ACCEPTED)
 
 
-class ExecutionList(APIView):
+class ExecutionList(ScopedAPIView):
     required_scopes = ("executions:read",)
 
-    @extend_schema(
+    @extend_scoped_schema(
         operation_id="executions_list",
         summary="List executions, newest first",
         parameters=[
@@ -150,10 +151,10 @@ class ExecutionList(APIView):
         return Response(success_body(request, data, pagination))
 
 
-class ExecutionDetail(APIView):
+class ExecutionDetail(ScopedAPIView):
     required_scopes = ("executions:read",)
 
-    @extend_schema(
+    @extend_scoped_schema(
         operation_id="executions_get",
         summary="Get an execution",
         responses=schema.envelope(ExecutionSerializer),
@@ -163,10 +164,10 @@ class ExecutionDetail(APIView):
         return Response(success_body(request, data))
 
 
-class ExecutionCancel(APIView):
+class ExecutionCancel(ScopedAPIView):
     required_scopes = ("executions:read", "executions:cancel")
 
-    @extend_schema(
+    @extend_scoped_schema(
         operation_id="executions_cancel",
         summary="Cancel an execution",
         description="Records execution:cancelled at once (streams see it and close); the "

@@ -119,33 +119,6 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
-REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["apikeys.drf.APIKeyAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["apikeys.drf.HasScopes"],
-    "EXCEPTION_HANDLER": "apikeys.drf.exception_handler",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "DEFAULT_SCHEMA_CLASS": "apikeys.openapi.ScopedAutoSchema",
-    "UNAUTHENTICATED_USER": None,
-}
-
-SPECTACULAR_SETTINGS = {
-    "TITLE": "FlowMaestro-compatible executions API",
-    "DESCRIPTION": "Start workflows, follow their executions live over server-sent events, "
-    "and cancel them. Every request carries an API key (`X-API-Key` or "
-    "`Authorization: Bearer`).",
-    "VERSION": "1.0.0",
-    "SERVE_INCLUDE_SCHEMA": False,
-    "SWAGGER_UI_DIST": "SIDECAR",
-    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
-    "REDOC_DIST": "SIDECAR",
-    "PREPROCESSING_HOOKS": ["executions.schema.executions_endpoints_only"],
-    "POSTPROCESSING_HOOKS": [
-        "drf_spectacular.hooks.postprocess_schema_enums",
-        "executions.schema.add_event_stream",
-    ],
-}
-
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

@@ -24,7 +24,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from executions.events import group_name
+from executions.messages import group_name
 from executions.models import Event
 
 BASE_DIR = Path(__file__).resolve().parent.parent

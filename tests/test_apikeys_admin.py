@@ -12,7 +12,7 @@ from django.contrib.sessions.models import Session
 from django.urls import reverse
 from django.utils import timezone
 
-from apikeys import tokens
+from apikeys import keys
 from apikeys.admin import IssuedKey
 from apikeys.models import APIKey
 from apikeys.scopes import all_bundles, all_scopes, expand
@@ -67,9 +67,9 @@ def shown_once(response):
     return raw
 
 
-def run_action(client, action, keys):
+def run_action(client, action, selected):
     return client.post(
-        CHANGELIST_URL, {"action": action, "_selected_action": [key.pk for key in keys]}
+        CHANGELIST_URL, {"action": action, "_selected_action": [key.pk for key in selected]}
     )
 
 
@@ -98,9 +98,9 @@ def test_created_key_is_shown_once_and_never_again(admin_client, user):
     raw = shown_once(response)
     assert raw.startswith("fm_live_")
     key = APIKey.objects.get()
-    assert key.key_hash == tokens.digest(raw)
+    assert key.key_hash == keys.digest(raw)
     assert key.key_hash.startswith("sha256$")
-    assert key.prefix == raw[: tokens.PREFIX_LENGTH]
+    assert key.prefix == raw[: keys.PREFIX_LENGTH]
     assert change_url(key) in response.content.decode()
     assert_not_shown_again(admin_client, raw, key)
 
@@ -109,7 +109,7 @@ def test_created_key_is_in_no_session_cookie_message_or_log_entry(admin_client, 
     response = add_key(admin_client, user)
 
     raw = shown_once(response)
-    random_part = raw[tokens.PREFIX_LENGTH :]
+    random_part = raw[keys.PREFIX_LENGTH :]
     assert "messages" not in response.cookies
     cookies = [*response.cookies.values(), *admin_client.cookies.values()]
     assert all(random_part not in morsel.OutputString() for morsel in cookies)
@@ -131,9 +131,9 @@ def test_creating_and_rotating_keys_logs_no_raw_key(admin_client, user, settings
     [rotated] = raw_keys_in(run_action(admin_client, "rotate_keys", APIKey.objects.all()))
 
     logged = caplog.text + "".join(repr(vars(record)) for record in caplog.records)
-    assert tokens.digest(created) in logged  # the INSERT's parameters were captured
+    assert keys.digest(created) in logged  # the INSERT's parameters were captured
     for raw in (created, rotated):
-        assert raw[tokens.PREFIX_LENGTH :] not in logged
+        assert raw[keys.PREFIX_LENGTH :] not in logged
 
 
 def test_issued_keys_page_forbids_caching_by_itself(rf, admin_user, make_key):
@@ -154,7 +154,7 @@ def test_test_mode_key_gets_the_test_prefix(admin_client, user):
 
     assert raw.startswith("fm_test_")
     key = APIKey.objects.get()
-    assert (key.mode, key.prefix) == ("test", raw[: tokens.PREFIX_LENGTH])
+    assert (key.mode, key.prefix) == ("test", raw[: keys.PREFIX_LENGTH])
 
 
 def test_created_key_keeps_its_expiry_and_rate_limits(admin_client, user):
@@ -435,9 +435,9 @@ def test_rotate_action_replaces_keys_and_shows_each_new_raw_key_once(
     for old in (live, test):
         old.refresh_from_db()
         new = APIKey.objects.get(name=old.name, revoked_at__isnull=True)
-        [raw] = [raw for raw in raws if tokens.digest(raw) == new.key_hash]
+        [raw] = [raw for raw in raws if keys.digest(raw) == new.key_hash]
         assert old.status == APIKey.Status.REVOKED
-        assert raw.startswith(tokens.MODE_PREFIXES[old.mode])
+        assert raw.startswith(keys.MODE_PREFIXES[old.mode])
         assert [getattr(new, f) for f in KEY_SETTINGS] == [getattr(old, f) for f in KEY_SETTINGS]
         assert f"{old.prefix}…" in page
         assert_not_shown_again(admin_client, raw, new)

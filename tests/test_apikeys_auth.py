@@ -15,7 +15,7 @@ from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from apikeys import tokens
+from apikeys import keys
 from apikeys.auth import usable_key_scopes
 from apikeys.conf import get_config
 from apikeys.models import APIKey
@@ -116,7 +116,7 @@ def test_malformed_key_is_invalid_api_key(client, path, required, raw):
 @SCOPED_VIEWS
 def test_unknown_well_formed_key_is_invalid_api_key(client, make_key, path, required):
     make_key()
-    assert_auth_error(call(client, path, tokens.generate("live")), "invalid_api_key")
+    assert_auth_error(call(client, path, keys.generate("live")), "invalid_api_key")
 
 
 @pytest.mark.django_db(transaction=True)
@@ -241,7 +241,7 @@ def test_async_view_served_under_asgi_answers_with_headers_and_envelopes(async_c
 
 def secret_parts(raw):
     """The raw key, its random part, and the part the display prefix does not reveal."""
-    return [raw, raw[len(tokens.MODE_PREFIXES["live"]) :], raw[tokens.PREFIX_LENGTH :]]
+    return [raw, raw[len(keys.MODE_PREFIXES["live"]) :], raw[keys.PREFIX_LENGTH :]]
 
 
 def exercise(client, raws):
@@ -255,7 +255,7 @@ def exercise(client, raws):
 
 @pytest.mark.django_db(transaction=True)
 def test_raw_key_is_stored_in_no_column_of_any_table(client, make_key, other_user):
-    keys = [
+    made = [
         make_key(),
         make_key(mode="test"),
         make_key(owner=other_user, scopes=["agents:read"]),
@@ -263,7 +263,7 @@ def test_raw_key_is_stored_in_no_column_of_any_table(client, make_key, other_use
     ]
     revoked, raw_revoked = make_key(name="revoked")
     revoked.revoke()
-    raws = [raw for _, raw in keys] + [raw_revoked]
+    raws = [raw for _, raw in made] + [raw_revoked]
     client.force_login(other_user)  # puts a row in the sessions table
     exercise(client, raws)
 
@@ -279,7 +279,7 @@ def test_raw_key_is_stored_in_no_column_of_any_table(client, make_key, other_use
         for v in values
     )
     # The scan reads every column: it finds what is meant to be stored.
-    assert all(tokens.digest(raw) in stored for raw in raws)
+    assert all(keys.digest(raw) in stored for raw in raws)
     for raw in raws:
         for secret in secret_parts(raw):
             assert secret not in stored
@@ -310,7 +310,7 @@ def test_raw_key_appears_in_no_log_record(client, make_key, settings, caplog):
 
     logged = caplog.text + "".join(repr(vars(record)) for record in caplog.records)
     # The lookups' SQL parameters were captured, so the search below covers them too.
-    assert tokens.digest(raw_ok) in logged
+    assert keys.digest(raw_ok) in logged
     for raw in raws:
         for secret in secret_parts(raw):
             assert secret not in logged
@@ -507,39 +507,39 @@ def test_usable_key_scopes_answers_the_scopes_held_now(make_key):
 
 @pytest.mark.parametrize("mode", ["live", "test"])
 def test_generated_key_is_mode_prefix_and_32_base62_characters(mode):
-    raw = tokens.generate(mode)
+    raw = keys.generate(mode)
     assert re.fullmatch(rf"fm_{mode}_[A-Za-z0-9]{{32}}", raw)
-    assert tokens.mode_of(raw) == mode
+    assert keys.mode_of(raw) == mode
 
 
 def test_display_prefix_is_the_first_12_characters():
-    raw = tokens.generate("live")
-    assert tokens.display_prefix(raw) == raw[:12]
-    assert re.fullmatch(r"fm_live_[A-Za-z0-9]{4}", tokens.display_prefix(raw))
+    raw = keys.generate("live")
+    assert keys.display_prefix(raw) == raw[:12]
+    assert re.fullmatch(r"fm_live_[A-Za-z0-9]{4}", keys.display_prefix(raw))
 
 
 def test_digest_is_sha256_with_its_algorithm_named():
-    raw = tokens.generate("live")
-    stored = tokens.digest(raw)
+    raw = keys.generate("live")
+    stored = keys.digest(raw)
     assert re.fullmatch(r"sha256\$[0-9a-f]{64}", stored)
     assert stored == "sha256$" + hashlib.sha256(raw.encode()).hexdigest()
-    assert tokens.matches(raw, stored)
-    assert not tokens.matches(tokens.generate("live"), stored)
+    assert keys.matches(raw, stored)
+    assert not keys.matches(keys.generate("live"), stored)
 
 
 @pytest.mark.parametrize(
-    "raw", ["fm_live_short", "fm_live_" + "a" * 31 + "-", "x" + tokens.generate("live")]
+    "raw", ["fm_live_short", "fm_live_" + "a" * 31 + "-", "x" + keys.generate("live")]
 )
 def test_mode_of_rejects_malformed_keys(raw):
-    assert tokens.mode_of(raw) is None
+    assert keys.mode_of(raw) is None
 
 
 def test_mode_of_rejects_a_key_with_a_trailing_newline():
-    assert tokens.mode_of(tokens.generate("live") + "\n") is None
+    assert keys.mode_of(keys.generate("live") + "\n") is None
 
 
 def test_generated_keys_differ_across_1000_generations():
-    assert len({tokens.generate("live") for _ in range(1000)}) == 1000
+    assert len({keys.generate("live") for _ in range(1000)}) == 1000
 
 
 @pytest.mark.django_db
@@ -547,7 +547,7 @@ def test_create_key_stores_the_display_prefix_and_digest_only(make_key):
     key, raw = make_key()
     key.refresh_from_db()
     assert key.prefix == raw[:12]
-    assert key.key_hash == tokens.digest(raw)
+    assert key.key_hash == keys.digest(raw)
 
 
 # Scopes and bundles.

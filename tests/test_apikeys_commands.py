@@ -8,7 +8,7 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
-from apikeys import tokens
+from apikeys import keys
 from apikeys.models import APIKey
 from apikeys.scopes import all_bundles
 from tests.test_apikeys_auth import DRF_SCOPED, assert_auth_error, call, configure
@@ -25,7 +25,7 @@ def create(*args):
     """Run createapikey; return ``(output, raw_key, api_key)``."""
     output = run("createapikey", *args)
     raw = output.splitlines()[-1]
-    return output, raw, APIKey.objects.get(key_hash=tokens.digest(raw))
+    return output, raw, APIKey.objects.get(key_hash=keys.digest(raw))
 
 
 # createapikey
@@ -37,7 +37,7 @@ def test_createapikey_prints_the_raw_key_alone_on_the_last_line(user, client):
         "--owner", "alice", "--name", "ci", "--scopes", "workflows:read,executions:read"
     )
     assert output.endswith(raw + "\n")
-    assert tokens.mode_of(raw) == "live"
+    assert keys.mode_of(raw) == "live"
     assert output.count(raw) == 1
     response = call(client, DRF_SCOPED, raw)
     assert response.status_code == 200
@@ -50,7 +50,7 @@ def test_createapikey_summary_names_prefix_owner_mode_scopes_and_expiry(user):
         "--owner", "alice", "--name", "ci", "--scopes", "workflows:read", "--mode", "test"
     )
     summary = output.removesuffix(raw + "\n")
-    assert raw[tokens.PREFIX_LENGTH :] not in summary
+    assert raw[keys.PREFIX_LENGTH :] not in summary
     for shown in (key.prefix, "alice", "test", "workflows:read", "never"):
         assert shown in summary
 
@@ -126,7 +126,7 @@ def test_createapikey_warns_that_an_inactive_owner_s_key_will_not_authenticate(u
         stderr=err,
     )
     assert "alice is inactive" in err.getvalue()
-    assert tokens.mode_of(out.getvalue().splitlines()[-1]) == "live"
+    assert keys.mode_of(out.getvalue().splitlines()[-1]) == "live"
 
 
 @pytest.mark.django_db
@@ -134,7 +134,7 @@ def test_createapikey_logs_no_raw_key(user, caplog):
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="django")
     _, raw, _ = create("--owner", "alice", "--name", "ci", "--bundle", "read-only")
-    assert raw[tokens.PREFIX_LENGTH :] not in caplog.text
+    assert raw[keys.PREFIX_LENGTH :] not in caplog.text
 
 
 @pytest.mark.django_db
@@ -210,7 +210,7 @@ def test_revokeapikey_revokes_the_key_given_in_full(make_key):
     key, raw = make_key(name="ci")
     output = run("revokeapikey", raw)
     assert key.prefix in output
-    assert raw[tokens.PREFIX_LENGTH :] not in output
+    assert raw[keys.PREFIX_LENGTH :] not in output
     key.refresh_from_db()
     assert key.revoked_at is not None
 
@@ -247,7 +247,7 @@ def test_revokeapikey_ignores_revoked_keys_sharing_the_prefix(make_key):
 def test_revokeapikey_refuses_when_nothing_matches(make_key):
     revoked, raw = make_key()
     revoked.revoke()
-    for value in (revoked.prefix, raw, tokens.generate("live"), "fm_live_Zz00"):
+    for value in (revoked.prefix, raw, keys.generate("live"), "fm_live_Zz00"):
         with pytest.raises(CommandError, match="No unrevoked API key matches 'fm_"):
             run("revokeapikey", value)
 

@@ -91,7 +91,15 @@ def test_schema_is_valid_openapi_3(schema):
 def test_schema_generates_without_warnings(tmp_path):
     output = tmp_path / "schema.yaml"
 
-    call_command("spectacular", "--validate", "--fail-on-warn", "--file", str(output))
+    call_command(
+        "spectacular",
+        "--custom-settings",
+        "executions.schema.SCHEMA_SETTINGS",
+        "--validate",
+        "--fail-on-warn",
+        "--file",
+        str(output),
+    )
 
     assert yaml.safe_load(output.read_text())["paths"]
 

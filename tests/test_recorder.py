@@ -15,7 +15,7 @@ from channels.layers import get_channel_layer
 from django.db import connections, transaction
 
 from apikeys.asyncdb import run_in_short_session
-from executions.events import group_name
+from executions.messages import group_name
 from executions.models import Event, Execution, NodeRun, Status
 from executions.recorder import ExecutionFinished, ExecutionRecorder
 from executions.workflows import create_execution, get_workflow, run_execution

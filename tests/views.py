@@ -3,19 +3,19 @@
 from django.http import JsonResponse
 from django.urls import path
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from apikeys.auth import scopes_required
+from apikeys.views import ScopedAPIView
 
 
-class ScopedDRFView(APIView):
+class ScopedDRFView(ScopedAPIView):
     required_scopes = ("workflows:read", "executions:read")
 
     def get(self, request):
         return Response({"owner": request.user.username, "key": request.auth.prefix})
 
 
-class AnyKeyDRFView(APIView):
+class AnyKeyDRFView(ScopedAPIView):
     required_scopes = ()
 
     def get(self, request):

@@ -1,6 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
-from apikeys import tokens
+from apikeys import keys
 from apikeys.models import APIKey
 from apikeys.responses import format_timestamp
 
@@ -17,15 +17,15 @@ class Command(BaseCommand):
     def handle(self, *args, key, **options):
         value = key.strip()
         # Messages show only the display prefix, even when the full key was given.
-        shown = tokens.display_prefix(value)
+        shown = keys.display_prefix(value)
         candidates = APIKey.objects.filter(revoked_at__isnull=True).select_related("owner")
-        if tokens.mode_of(value):
-            candidates = candidates.filter(key_hash=tokens.digest(value))
-        elif len(value) == tokens.PREFIX_LENGTH:
+        if keys.mode_of(value):
+            candidates = candidates.filter(key_hash=keys.digest(value))
+        elif len(value) == keys.PREFIX_LENGTH:
             candidates = candidates.filter(prefix=value)
         else:
             raise CommandError(
-                f"Give the key's {tokens.PREFIX_LENGTH}-character display prefix "
+                f"Give the key's {keys.PREFIX_LENGTH}-character display prefix "
                 "(e.g. fm_live_AbCd) or the full key."
             )
 

@@ -1,5 +1,8 @@
 from django.core.management.base import BaseCommand
 from drf_spectacular.generators import SchemaGenerator
+from drf_spectacular.settings import patched_settings
+
+from executions.schema import SCHEMA_SETTINGS
 
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 
@@ -110,5 +113,6 @@ class Command(BaseCommand):
     help = "Print the API reference in Markdown, generated from the OpenAPI schema."
 
     def handle(self, *args, **options):
-        schema = SchemaGenerator().get_schema(request=None, public=True)
+        with patched_settings(SCHEMA_SETTINGS):
+            schema = SchemaGenerator().get_schema(request=None, public=True)
         self.stdout.write(render(schema), ending="")

@@ -10,6 +10,7 @@ from django.utils.crypto import constant_time_compare
 ALPHABET = string.ascii_letters + string.digits
 RANDOM_LENGTH = 32
 PREFIX_LENGTH = 12
+FAMILY_PREFIX = "fm_"
 MODE_PREFIXES = {"live": "fm_live_", "test": "fm_test_"}
 KEY_PATTERN = re.compile(r"fm_(live|test)_[A-Za-z0-9]{32}")
 ALGORITHM = "sha256"

@@ -1,0 +1,56 @@
+"""The event log as streams read it. Every read goes through ``read_log()``: a stream's
+replay and gap filling, and a topic's catching up, alike."""
+
+from dataclasses import dataclass
+
+from apikeys.asyncdb import run_in_short_session
+
+from .conf import get_config
+from .events import TERMINAL_EVENTS, frame
+from .models import Event
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One recorded event as streams send it."""
+
+    seq: int
+    event: str
+    frame: bytes
+
+    @property
+    def is_terminal(self):
+        return self.event in TERMINAL_EVENTS
+
+
+def read_log(execution_id, after_seq, limit):
+    """Return up to ``limit`` logged events of an execution after ``after_seq``, as Items."""
+    rows = (
+        Event.objects.filter(execution_id=execution_id, seq__gt=after_seq)
+        .order_by("seq")
+        .values_list("seq", "type", "data")[:limit]
+    )
+    return [Item(seq, event, frame(seq, event, data)) for seq, event, data in rows]
+
+
+async def log_batches(execution_id, after, until=None):
+    """Yield the logged events after ``after`` (up to ``until``) in batches of at most
+    ``REPLAY_BATCH_SIZE``, each read in a short database session, ending at a terminal
+    event."""
+    batch_size = get_config()["REPLAY_BATCH_SIZE"]
+    while True:
+        batch = [
+            item
+            for item in await run_in_short_session(read_log, execution_id, after, batch_size)
+            if until is None or item.seq <= until
+        ]
+        for index, item in enumerate(batch):
+            if item.is_terminal:
+                del batch[index + 1 :]
+                break
+        if not batch:
+            return
+        yield batch
+        after = batch[-1].seq
+        if len(batch) < batch_size or batch[-1].is_terminal:
+            return
