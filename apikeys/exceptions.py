@@ -33,6 +33,11 @@ class APIError(APIException):
         self.message = str(self.detail)
         self.details = details
         self.headers = {**self.default_headers, **(headers or {})}
+        # What DRF's own exception handler turns into WWW-Authenticate and Retry-After, so
+        # a host view that authenticates with our classes keeps those headers.
+        self.auth_header = self.headers.get("WWW-Authenticate")
+        retry_after = self.headers.get("Retry-After")
+        self.wait = None if retry_after is None else int(retry_after)
 
 
 class ValidationError(APIError):

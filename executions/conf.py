@@ -3,8 +3,9 @@
 from apikeys.appsettings import AppSettings
 
 CONFIG_DEFAULTS = {
-    # Seconds of silence after which a stream sends ": keepalive"; it re-checks its key
-    # every half interval, so a revoked key ends its streams within one interval.
+    # Seconds of silence after which a stream sends ": keepalive"; the grants of open
+    # streams are re-checked every quarter interval, so a revoked key ends its streams
+    # within one interval.
     "KEEPALIVE_INTERVAL": 15.0,
     # The SSE "retry:" a client waits before reconnecting, in milliseconds.
     "RETRY_MS": 3000,

@@ -11,8 +11,14 @@ import importlib.util
 from functools import cache
 
 from django.urls import get_script_prefix, reverse
+from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.settings import SPECTACULAR_DEFAULTS, patched_settings
-from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    inline_serializer,
+)
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -219,8 +225,16 @@ def add_event_stream(result, generator, request, public):
 class SchemaView(SpectacularAPIView):
     """The API's OpenAPI schema (YAML, or JSON with ``?format=json``), for anyone."""
 
+    # SpectacularAPIView takes these from the host's SPECTACULAR_SETTINGS when it is
+    # imported: a host's SERVE_PUBLIC = False would leave out every endpoint a request
+    # without a key may not call (all of ours), and its SERVE_URLCONF would hide them.
     authentication_classes = []
     permission_classes = [AllowAny]
+    throttle_classes = []
+    versioning_class = None
+    generator_class = SchemaGenerator
+    serve_public = True
+    urlconf = None
     custom_settings = SCHEMA_SETTINGS
 
 
@@ -229,9 +243,12 @@ class DocsView(SpectacularSwaggerView):
 
     authentication_classes = []
     permission_classes = [AllowAny]
+    throttle_classes = []
+    versioning_class = None
     url_name = "executions:schema"
     title = TITLE
 
+    @extend_schema(exclude=True)  # as its base's get(): a page is not an API endpoint
     def get(self, request, *args, **kwargs):
         with patched_settings(SCHEMA_SETTINGS):
             return super().get(request, *args, **kwargs)

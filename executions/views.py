@@ -85,7 +85,7 @@ class WorkflowExecute(ScopedAPIView):
         operation_id="workflows_execute",
         summary="Execute a workflow",
         description="Validates the inputs, creates a pending execution and queues it; answers "
-        "at once. Follow it with GET /api/v1/executions/{id}/events.",
+        "at once. Follow it with GET executions/{id}/events, under the same prefix.",
         request=ExecuteRequestSerializer,
         responses=schema.envelope(ExecuteResponseSerializer, status_code=202),
     )

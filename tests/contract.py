@@ -41,3 +41,15 @@ WORKFLOW_FIELDS = {
     "created_at",
     "updated_at",
 }
+
+# Each endpoint of the contract (method, path where the demo site mounts the API) and the
+# scopes it requires.
+CONTRACT = {
+    ("get", "/api/v1/workflows"): ["workflows:read"],
+    ("get", "/api/v1/workflows/{workflow_id}"): ["workflows:read"],
+    ("post", "/api/v1/workflows/{workflow_id}/execute"): ["workflows:read", "workflows:execute"],
+    ("get", "/api/v1/executions"): ["executions:read"],
+    ("get", "/api/v1/executions/{execution_id}"): ["executions:read"],
+    ("post", "/api/v1/executions/{execution_id}/cancel"): ["executions:read", "executions:cancel"],
+    ("get", "/api/v1/executions/{execution_id}/events"): ["executions:read"],
+}

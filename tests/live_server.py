@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from urllib.parse import quote
 
@@ -32,14 +33,16 @@ APPLICATION = "flowmaestro.asgi:application"
 HOST = "127.0.0.1"
 STARTUP_TIMEOUT = 30.0
 SHUTDOWN_TIMEOUT = 10.0
+# How long a test reads a stream for what must come; far above what it takes.
+READ_TIMEOUT = 20.0
 KEEPALIVE_FRAME = b": keepalive"
 
 SERVER_COMMANDS = {
-    "daphne": lambda port: ["-m", "daphne", "-b", HOST, "-p", str(port), APPLICATION],
-    "uvicorn": lambda port: [
+    "daphne": lambda port, application: ["-m", "daphne", "-b", HOST, "-p", str(port), application],
+    "uvicorn": lambda port, application: [
         "-m",
         "uvicorn",
-        APPLICATION,
+        application,
         "--host",
         HOST,
         "--port",
@@ -50,8 +53,9 @@ SERVER_COMMANDS = {
 }
 
 
-def events_url(execution_id):
-    return f"/api/v1/executions/{execution_id}/events"
+def events_url(execution_id, mount="/api/v1/"):
+    """The path of an execution's stream where the site mounts ``executions.urls``."""
+    return f"{mount}executions/{execution_id}/events"
 
 
 def expected_body(execution_id, status, after=0):
@@ -144,11 +148,34 @@ def free_port():
         return sock.getsockname()[1]
 
 
-class LiveServer:
-    """One ASGI server process serving ``flowmaestro.asgi:application``."""
+class LiveStream:
+    """An open stream to a live server, read as the test asks."""
 
-    def __init__(self, server="daphne", **env):
-        self.command = SERVER_COMMANDS[server]
+    def __init__(self, response):
+        self.response = response
+        self.body = b""
+        self.chunks = response.iter_raw()
+
+    def read_until(self, predicate=None):
+        """Read until ``predicate(body)`` holds or, without one, until the server ends the
+        stream; return the body so far."""
+        deadline = time.monotonic() + READ_TIMEOUT
+        for chunk in self.chunks:
+            self.body += chunk
+            if predicate is not None and predicate(self.body):
+                return self.body
+            assert time.monotonic() < deadline, (
+                f"Still waiting after {READ_TIMEOUT} s: {self.body!r}"
+            )
+        assert predicate is None, f"The stream ended first: {self.body!r}"
+        return self.body
+
+
+class LiveServer:
+    """One ASGI server process serving ``application`` (the demo site's by default)."""
+
+    def __init__(self, server="daphne", application=APPLICATION, **env):
+        self.command = partial(SERVER_COMMANDS[server], application=application)
         self.env = process_env(**env)
         self.port = free_port()
         self.process = None
@@ -208,10 +235,11 @@ class LiveServer:
 
 
 @contextlib.contextmanager
-def live_server(server="daphne", **env):
-    """Run a server process (``"daphne"`` or ``"uvicorn"``) for the block; ``env`` adds
-    environment variables, e.g. ``EXECUTIONS_KEEPALIVE="0.3"``."""
-    instance = LiveServer(server, **env)
+def live_server(server="daphne", application=APPLICATION, **env):
+    """Run a server process (``"daphne"`` or ``"uvicorn"``) serving ``application`` for the
+    block; ``env`` adds environment variables, e.g. ``EXECUTIONS_KEEPALIVE="0.3"``, or
+    ``DJANGO_SETTINGS_MODULE`` for another site."""
+    instance = LiveServer(server, application, **env)
     try:
         yield instance.start()
     finally:

@@ -14,12 +14,21 @@ from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.test import APIRequestFactory
+from rest_framework.views import APIView
 
 from apikeys import keys
 from apikeys.auth import usable_key_scopes
+from apikeys.authentication import APIKeyAuthentication
 from apikeys.conf import get_config
+from apikeys.exceptions import RevokedAPIKey
 from apikeys.models import APIKey
 from apikeys.scopes import BUILTIN_SCOPES, all_bundles, all_scopes, expand
+from apikeys.views import ScopedAPIView
 
 DRF_SCOPED = "/test-only/drf/scoped"
 DRF_ANY = "/test-only/drf/any"
@@ -645,3 +654,83 @@ def test_unknown_scope_is_rejected_by_full_clean(make_key, user):
     with pytest.raises(ValidationError, match="Unknown scope: nope:read"):
         APIKey.objects.create_key(owner=user, name="bad", scopes=["nope:read"])
     assert APIKey.objects.filter(name="bad").count() == 0
+
+
+# APIKeyAuthentication follows DRF's contract, so other authenticators can stand beside it.
+
+
+class KeyOrSessionView(ScopedAPIView):
+    authentication_classes = [APIKeyAuthentication, SessionAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    def get(self, request):
+        return Response({"user": request.user.username, "by_key": request.auth is not None})
+
+
+class CustomHeaderAuthentication(APIKeyAuthentication):
+    header = "X-Partner-Key"
+    keyword = "Key"
+
+
+def drf_request(**headers):
+    return APIRequestFactory().get("/", headers=headers)
+
+
+@pytest.mark.django_db
+def test_api_key_authentication_returns_none_for_a_request_without_a_key():
+    assert APIKeyAuthentication().authenticate(Request(drf_request())) is None
+
+
+@pytest.mark.django_db
+def test_a_bearer_credential_of_another_scheme_is_left_to_the_next_authenticator():
+    request = Request(drf_request(Authorization="Bearer eyJhbGciOiJIUzI1NiJ9.e30.sig"))
+    assert APIKeyAuthentication().authenticate(request) is None
+
+
+@pytest.mark.django_db
+def test_a_key_that_is_sent_and_wrong_still_raises(make_key):
+    key, raw = make_key()
+    key.revoke()
+    with pytest.raises(RevokedAPIKey):
+        APIKeyAuthentication().authenticate(Request(drf_request(**{"X-API-Key": raw})))
+
+
+@pytest.mark.django_db
+def test_a_session_authenticates_beside_api_keys_on_a_view_that_lists_both(user, make_key):
+    _, raw = make_key()
+    view = KeyOrSessionView.as_view()
+    by_key = view(drf_request(**{"X-API-Key": raw}))
+    assert by_key.data == {"user": user.username, "by_key": True}
+    by_session = drf_request()
+    by_session.user = user  # as AuthenticationMiddleware does for a logged-in session
+    assert view(by_session).data == {"user": user.username, "by_key": False}
+
+
+@pytest.mark.django_db
+def test_header_and_keyword_are_class_attributes_a_subclass_can_change(user, make_key):
+    key, raw = make_key()
+    custom = CustomHeaderAuthentication()
+    assert custom.authenticate(Request(drf_request(**{"X-Partner-Key": raw}))) == (user, key)
+    assert custom.authenticate(Request(drf_request(Authorization=f"Key {raw}"))) == (user, key)
+    assert custom.authenticate(Request(drf_request(**{"X-API-Key": raw}))) is None
+    assert custom.authenticate_header(None) == 'Key realm="api"'
+
+
+class HostView(APIView):
+    """A host's own view: its exception handler is DRF's default, not ours."""
+
+    authentication_classes = [APIKeyAuthentication, SessionAuthentication]
+    permission_classes = [IsAuthenticated]
+
+    def get(self, request):
+        return Response({"user": request.user.username})
+
+
+@pytest.mark.django_db
+def test_a_host_view_answering_errors_its_own_way_keeps_the_www_authenticate_header(make_key):
+    key, raw = make_key()
+    key.revoke()
+    response = HostView.as_view()(drf_request(**{"X-API-Key": raw}))
+    assert response.status_code == 401
+    assert response["WWW-Authenticate"] == WWW_AUTHENTICATE
+    assert response.data == {"detail": "This API key has been revoked."}

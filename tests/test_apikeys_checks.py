@@ -5,6 +5,7 @@ from django.core.checks import run_checks
 from django.test import override_settings
 
 from apikeys import checks as apikeys_checks
+from apikeys.middleware import APIMiddleware
 from executions import checks as executions_checks
 from flowmaestro import checks as site_checks
 from flowmaestro.settings import DEVELOPMENT_SECRET_KEY
@@ -56,6 +57,67 @@ def test_missing_api_middleware_warns(settings):
 
 def test_installed_api_middleware_does_not_warn():
     assert apikeys_checks.check_middleware(None) == []
+
+
+class SiteAPIMiddleware(APIMiddleware):
+    """A host's own subclass of the middleware."""
+
+
+def test_a_subclass_of_the_api_middleware_does_not_warn(settings):
+    settings.MIDDLEWARE = [
+        f"{__name__}.SiteAPIMiddleware" if m == apikeys_checks.MIDDLEWARE_PATH else m
+        for m in settings.MIDDLEWARE
+    ]
+    assert apikeys_checks.check_middleware(None) == []
+
+
+# apikeys.E003 / executions.E002: a key the settings dict does not know.
+
+
+@pytest.mark.parametrize(
+    ("setting", "typo", "meant", "check", "check_id"),
+    [
+        ("EXECUTIONS", "KEEPALIVE", "KEEPALIVE_INTERVAL", executions_checks, "executions.E002"),
+        ("EXECUTIONS", "BATCH_INTERVALS", "BATCH_INTERVAL", executions_checks, "executions.E002"),
+        ("APIKEYS", "RATE_LIMIT_REDIS", "RATE_LIMIT_REDIS_URL", apikeys_checks, "apikeys.E003"),
+        ("APIKEYS", "ACEPT_TEST_KEYS", "ACCEPT_TEST_KEYS", apikeys_checks, "apikeys.E003"),
+    ],
+)
+def test_an_unknown_key_is_an_error_whose_hint_names_the_closest_valid_key(
+    settings, setting, typo, meant, check, check_id
+):
+    setattr(settings, setting, {**getattr(settings, setting), typo: 1})
+    [error] = check.check_settings_keys(None)
+    assert error.id == check_id
+    assert repr(typo) in error.msg
+    assert error.hint.startswith(f"Did you mean {meant!r}?")
+
+
+def test_a_settings_value_that_is_not_a_dict_is_an_error(settings):
+    settings.EXECUTIONS = [("KEEPALIVE_INTERVAL", 4)]
+    assert ids(executions_checks.check_settings_keys(None)) == ["executions.E002"]
+
+
+def test_known_keys_pass_the_settings_check():
+    assert apikeys_checks.check_settings_keys(None) == []
+    assert executions_checks.check_settings_keys(None) == []
+
+
+def test_no_check_of_the_apps_speaks_of_the_demo_site(settings):
+    settings.DEBUG = False
+    settings.APIKEYS = {"UNKNOWN": 1}
+    settings.EXECUTIONS = {"UNKNOWN": 1}
+    settings.CHANNEL_LAYERS = IN_MEMORY_LAYER
+    settings.MIDDLEWARE = []
+    settings.TASKS = {"default": {"BACKEND": "django_tasks.backends.immediate.ImmediateBackend"}}
+    messages = [
+        message
+        for message in run_checks(include_deployment_checks=True)
+        if message.id.startswith(("apikeys.", "executions."))
+    ]
+    assert len(messages) >= 6
+    for message in messages:
+        assert "demo" not in f"{message.msg} {message.hint}".lower(), message.id
 
 
 # apikeys.E001 / E002: the host's scope and bundle registry.

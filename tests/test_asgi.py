@@ -5,13 +5,21 @@ Like ``test_stream.py``, the stream reads the database on pool threads, so every
 commits its data and does its own database work through ``run_in_short_session``.
 """
 
+import ast
 import asyncio
 import gc
+import hashlib
+import inspect
 import json
+import textwrap
 import weakref
 
+import django
 import pytest
 from django.core import signals
+from django.core.handlers.asgi import ASGIHandler
+from django.urls import get_resolver
+from django.urls.resolvers import URLResolver
 from django.utils.decorators import async_only_middleware
 
 from apikeys.asyncdb import run_in_short_session as db
@@ -34,7 +42,7 @@ def own_channel_layer(settings):
 class Exchange:
     """One request served by the handler, with the client's side of ``receive``/``send``."""
 
-    def __init__(self, handler, path, headers=(), query=b""):
+    def __init__(self, handler, path, headers=(), query=b"", root_path=""):
         self.messages = []
         self.received = asyncio.Event()
         self.gone = asyncio.Event()
@@ -47,7 +55,7 @@ class Exchange:
             "scheme": "http",
             "path": path,
             "raw_path": path.encode(),
-            "root_path": "",
+            "root_path": root_path,
             "query_string": query,
             "headers": [(b"host", b"testserver"), *headers],
             "client": ("127.0.0.1", 50000),
@@ -207,6 +215,79 @@ async def test_other_views_are_served_by_djangos_handler(handler, user, key_head
     exchange = await Exchange(handler, "/api/v1/workflows", [key_header]).finished()
     assert exchange.start["status"] == 200
     assert json.loads(exchange.body)["data"][0]["id"] == "wf_demo"
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize(("opted_in", "in_context"), [(False, True), (True, False)])
+async def test_async_views_keep_djangos_thread_context_unless_the_site_opts_out(
+    handler, settings, opted_in, in_context
+):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "THREAD_FREE_ASYNC_VIEWS": opted_in}
+    exchange = await Exchange(handler, "/test-only/async/context").finished()
+    assert json.loads(exchange.body) == {"thread_sensitive_context": in_context}
+
+
+@pytest.mark.asyncio
+# "/nowhere/" ends in a slash: CommonMiddleware resolves a 404's path again for APPEND_SLASH.
+@pytest.mark.parametrize("path", ["/api/v1/workflows", "/test-only/async/context", "/nowhere/"])
+async def test_the_handler_resolves_each_path_once(handler, key_header, monkeypatch, path):
+    root = get_resolver()
+    resolve, resolved = URLResolver.resolve, []
+
+    def counting_resolve(resolver, path):
+        if resolver is root:
+            resolved.append(path)
+        return resolve(resolver, path)
+
+    monkeypatch.setattr(URLResolver, "resolve", counting_resolve)
+    await Exchange(handler, path, [key_header]).finished()
+    assert resolved == [path]
+
+
+@pytest.mark.asyncio
+async def test_a_middleware_that_sets_request_urlconf_decides_the_view(handler, settings):
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.views.AlternateURLconfMiddleware"]
+    handler = StreamingASGIHandler()
+    headers = [(b"x-alternate-urlconf", b"1")]
+    exchange = await Exchange(handler, "/api/v1/workflows", headers).finished()
+    assert json.loads(exchange.body) == {"urlconf": "alternate"}
+
+
+@pytest.mark.asyncio
+async def test_a_stream_under_a_script_prefix_is_served(handler, user, key_header):
+    execution_id = await db(completed_run, user)
+    path = "/site" + events_url(execution_id)
+    exchange = await Exchange(handler, path, [key_header], root_path="/site").finished()
+    assert exchange.start["status"] == 200
+    assert exchange.body == await db(expected_body, execution_id, "completed")
+
+
+# Digests of Django's ASGIHandler.handle() (its code, without docstring or comments), which
+# StreamingASGIHandler.handle_event_stream() follows. A Django whose handle() differs fails
+# here until someone has read its handle() against ours and recorded it.
+DJANGO_HANDLE_DIGESTS = {
+    "5.2": "757c338bcbdd6d351105a29b08cfa8edd1510f2c2def4070dca78801e5481875",
+    "6.0": "757c338bcbdd6d351105a29b08cfa8edd1510f2c2def4070dca78801e5481875",
+    "6.1": "9dcabbfa96e9cfca973faefee748e4b151dbee9bcc0fcd9dbbe7f1d57ec0e86a",
+}
+
+
+def code_digest(function):
+    [definition] = ast.parse(textwrap.dedent(inspect.getsource(function))).body
+    if isinstance(definition.body[0], ast.Expr) and isinstance(
+        definition.body[0].value, ast.Constant
+    ):
+        definition.body = definition.body[1:]
+    return hashlib.sha256(ast.unparse(definition).encode()).hexdigest()
+
+
+def test_djangos_handle_is_the_one_the_event_stream_handler_was_written_against():
+    version = ".".join(map(str, django.VERSION[:2]))
+    assert version in DJANGO_HANDLE_DIGESTS, f"Django {version}: review handle_event_stream()"
+    assert code_digest(ASGIHandler.handle) == DJANGO_HANDLE_DIGESTS[version], (
+        f"Django {django.get_version()} changed ASGIHandler.handle(): compare it with "
+        "StreamingASGIHandler.handle_event_stream(), then record its digest here."
+    )
 
 
 def test_tune_gc_freezes_start_up_objects_and_makes_young_collections_rarer():

@@ -16,22 +16,19 @@ from django.test import Client
 from drf_spectacular.validation import validate_schema
 
 import flowmaestro
-from tests.contract import EXECUTION_FIELDS, NODE_FIELDS, PAGINATION_FIELDS, WORKFLOW_FIELDS
+from tests.contract import (
+    CONTRACT,
+    EXECUTION_FIELDS,
+    NODE_FIELDS,
+    PAGINATION_FIELDS,
+    WORKFLOW_FIELDS,
+)
 
 SCHEMA = "/api/v1/schema/"
 DOCS = "/api/v1/docs/"
 ERROR_ENVELOPE = {"$ref": "#/components/schemas/ErrorEnvelope"}
 
 # The contract's endpoint table: (method, path) -> required scopes.
-CONTRACT = {
-    ("get", "/api/v1/workflows"): ["workflows:read"],
-    ("get", "/api/v1/workflows/{workflow_id}"): ["workflows:read"],
-    ("post", "/api/v1/workflows/{workflow_id}/execute"): ["workflows:read", "workflows:execute"],
-    ("get", "/api/v1/executions"): ["executions:read"],
-    ("get", "/api/v1/executions/{execution_id}"): ["executions:read"],
-    ("post", "/api/v1/executions/{execution_id}/cancel"): ["executions:read", "executions:cancel"],
-    ("get", "/api/v1/executions/{execution_id}/events"): ["executions:read"],
-}
 EVENTS_PATH = "/api/v1/executions/{execution_id}/events"
 # The contract's event table: event -> payload fields beyond type and execution_id.
 EVENT_FIELDS = {

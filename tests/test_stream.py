@@ -763,3 +763,52 @@ async def test_a_site_without_a_channel_layer_still_streams_from_the_log(
     await db(finish_two_nodes, recorder)
     await stream.end()
     assert stream.events_body == await db(expected_body, recorder.execution_id, "running")
+
+
+# Kinds of grant: the stream and the fan-out work with any kind the setting lists.
+
+
+@pytest.fixture
+def user_header_grants(settings):
+    from tests.grants import UserHeaderGrant
+
+    settings.EXECUTIONS = {
+        **settings.EXECUTIONS,
+        "STREAM_GRANTS": ["executions.grants.APIKeyGrant", "tests.grants.UserHeaderGrant"],
+    }
+    UserHeaderGrant.valid_users, UserHeaderGrant.checks = set(), []
+    return UserHeaderGrant
+
+
+async def test_a_kind_of_grant_the_setting_lists_opens_streams(user, connect, user_header_grants):
+    test_mode = await db(running, user, mode="test")
+    stream = await connect(test_mode.execution_id, None, **{"X-Test-User": str(user.pk)})
+    await stream.wait_for(lambda s: s.ids == [1])
+
+
+async def test_a_kind_of_grant_the_setting_does_not_list_opens_nothing(user):
+    recorder = await db(running, user)
+    response = await get(recorder.execution_id, **{"X-Test-User": str(user.pk)})
+    assert_error(response, 401, "invalid_api_key")
+
+
+async def test_each_kind_of_grant_is_rechecked_in_one_call_for_all_its_streams(
+    user, raw_key, connect, user_header_grants
+):
+    user_header_grants.valid_users.add(user.pk)
+    recorder = await db(running, user)
+    by_header = [
+        await connect(recorder.execution_id, None, **{"X-Test-User": str(user.pk)})
+        for _ in range(2)
+    ]
+    by_key = await connect(recorder.execution_id, raw_key)
+    await by_key.wait_for(lambda s: s.ids == [1])
+    user_header_grants.checks.clear()
+    await eventually(lambda: len(user_header_grants.checks) >= 2)
+    assert set(user_header_grants.checks) == {2}  # both streams, in one call a tick
+    user_header_grants.valid_users.clear()
+    for stream in by_header:
+        await stream.end(within=10 * KEEPALIVE)
+    await db(recorder.complete, {})
+    await by_key.end()
+    assert by_key.ids == [1, 2]

@@ -21,6 +21,8 @@ from executions.recorder import ExecutionRecorder
 from tests.live_server import (
     CORE_LAYER,
     PUBSUB_LAYER,
+    READ_TIMEOUT,
+    LiveStream,
     Producer,
     events_url,
     expected_body,
@@ -36,7 +38,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 KEEPALIVE = "0.3"
 # How long a test waits for something that must happen; far above what it takes.
-TIMEOUT = 20.0
+TIMEOUT = READ_TIMEOUT
 # The threads a server may add however many streams it holds: the workers of its event
 # loop's default executor (ThreadPoolExecutor's default size), where streams borrow a
 # thread for each database read, and asgiref's one sync thread, with one to spare.
@@ -86,27 +88,6 @@ SERVERS = {"daphne": "redis", "daphne_memory": "memory", "uvicorn": "redis"}
 @pytest.fixture
 def raw_key(make_key):
     return make_key()[1]
-
-
-class LiveStream:
-    """An open stream to a live server, read as the test asks."""
-
-    def __init__(self, response):
-        self.response = response
-        self.body = b""
-        self.chunks = response.iter_raw()
-
-    def read_until(self, predicate=None):
-        """Read until ``predicate(body)`` holds or, without one, until the server ends the
-        stream; return the body so far."""
-        deadline = time.monotonic() + TIMEOUT
-        for chunk in self.chunks:
-            self.body += chunk
-            if predicate is not None and predicate(self.body):
-                return self.body
-            assert time.monotonic() < deadline, f"Still waiting after {TIMEOUT} s: {self.body!r}"
-        assert predicate is None, f"The stream ended first: {self.body!r}"
-        return self.body
 
 
 @contextlib.contextmanager

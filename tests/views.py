@@ -1,5 +1,6 @@
 """Views that exercise the apikeys app's DRF and plain-async integrations in tests."""
 
+from asgiref.sync import SyncToAsync
 from django.http import JsonResponse
 from django.urls import path
 from rest_framework.response import Response
@@ -27,8 +28,31 @@ async def scoped_async_view(request):
     return JsonResponse({"owner_id": request.api_key.owner_id})
 
 
+async def thread_context_view(request):
+    """Say whether the request runs in Django's per-request thread-sensitive context."""
+    in_context = SyncToAsync.thread_sensitive_context.get(None) is not None
+    return JsonResponse({"thread_sensitive_context": in_context})
+
+
+async def alternate_view(request):
+    return JsonResponse({"urlconf": "alternate"})
+
+
+class AlternateURLconfMiddleware:
+    """Serve a request that asks for it with ``tests.views.alternate_urlpatterns``."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if request.headers.get("X-Alternate-URLconf"):
+            request.urlconf = "tests.alternate_urls"
+        return self.get_response(request)
+
+
 urlpatterns = [
     path("drf/scoped", ScopedDRFView.as_view()),
     path("drf/any", AnyKeyDRFView.as_view()),
     path("async/scoped", scoped_async_view),
+    path("async/context", thread_context_view),
 ]
