@@ -42,11 +42,22 @@ def raw_key_from(request, header=HEADER, keyword=KEYWORD):
 def find_key(raw):
     """Return the usable ``APIKey`` for a raw key or raise the matching ``APIError``."""
     mode = keys.mode_of(raw or "")
-    if mode is None or (mode == APIKey.Mode.TEST and not get_config()["ACCEPT_TEST_KEYS"]):
+    if mode is None or not mode_accepted(mode):
         raise InvalidAPIKey
     stored = keys.digest(raw)
     key = APIKey.objects.select_related("owner").filter(key_hash=stored).first()
-    if key is None or not keys.matches(raw, key.key_hash) or not key.owner.is_active:
+    if key is None or not keys.matches(raw, key.key_hash):
+        raise InvalidAPIKey
+    return usable(key)
+
+
+def mode_accepted(mode):
+    return mode != APIKey.Mode.TEST or get_config()["ACCEPT_TEST_KEYS"]
+
+
+def usable(key):
+    """Return ``key`` if it may authenticate now, else raise the matching ``APIError``."""
+    if not key.owner.is_active or not mode_accepted(key.mode):
         raise InvalidAPIKey
     if key.revoked_at is not None:
         raise RevokedAPIKey

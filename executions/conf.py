@@ -23,7 +23,13 @@ CONFIG_DEFAULTS = {
     # stream. 0 hands out every event at once.
     "BATCH_INTERVAL": 0.025,
     # The kinds of grant that open an event stream, tried in order (executions.grants).
-    "STREAM_GRANTS": ["executions.grants.APIKeyGrant"],
+    "STREAM_GRANTS": [
+        "executions.grants.APIKeyGrant",
+        "executions.grants.StreamTokenGrant",
+        "executions.grants.SessionGrant",
+    ],
+    # Seconds a stream token (POST .../stream-token) may be used to open a stream.
+    "STREAM_TOKEN_TTL": 300,
     # Events a slow stream may have queued before it is closed (the client reconnects
     # with Last-Event-ID and resumes from the log).
     "STREAM_QUEUE_SIZE": 1000,

@@ -11,13 +11,20 @@ A new kind subclasses ``BaseGrant`` and is added to the setting; nothing else ch
 
 from functools import cache
 
+from django.contrib.auth import HASH_SESSION_KEY, get_user_model
+from django.utils.crypto import constant_time_compare
 from django.utils.module_loading import import_string
 
 from apikeys import ratelimit
-from apikeys.auth import key_from_request, usable_key_scopes
+from apikeys.auth import key_from_request, usable, usable_key_scopes
 from apikeys.exceptions import InvalidAPIKey
+from apikeys.models import APIKey
 
+from . import tokens
 from .conf import get_config
+
+# What a session or a stream token holds: they open event streams and nothing else.
+STREAM_SCOPES = ("executions:read",)
 
 
 class BaseGrant:
@@ -78,6 +85,83 @@ class APIKeyGrant(BaseGrant):
     def current_scopes(cls, grants):
         held = usable_key_scopes({grant.key_id for grant in grants})
         return {grant: frozenset(held[grant.key_id]) for grant in grants if grant.key_id in held}
+
+
+class StreamTokenGrant(APIKeyGrant):
+    """A stream opened with ``?token=``: the one execution the token names, read on
+    behalf of the key that minted it, valid while that key is (``executions.tokens``)."""
+
+    __slots__ = ()
+
+    def __init__(self, key):
+        super().__init__(key)
+        self.display = f"stream token of key {key.prefix}"
+
+    @classmethod
+    def from_request(cls, request, execution_id):
+        token = request.GET.get("token")
+        if token is None:
+            return None
+        key_id = tokens.key_id_of(token, execution_id)
+        key = APIKey.objects.select_related("owner").filter(pk=key_id).first()
+        if key is None:
+            raise tokens.InvalidStreamToken
+        usable(key)
+        ratelimit.count(request, key)
+        return cls(key)
+
+
+class SessionGrant(BaseGrant):
+    """A stream opened by a logged-in user of the site (same origin, its session cookie):
+    the user's executions in both modes, or every execution for staff. Valid while the
+    user is active, keeps its staff status, and has not changed its password (which
+    ends its sessions, as Django's ``SessionAuthenticationMiddleware`` has it)."""
+
+    __slots__ = ("is_staff", "session_hash", "user_id")
+
+    def __init__(self, user, session_hash=None):
+        super().__init__(
+            owner_id=None if user.is_staff else user.pk,
+            mode=None,
+            scopes=STREAM_SCOPES,
+            display=f"session of user {user.pk}",
+        )
+        self.user_id, self.is_staff, self.session_hash = user.pk, user.is_staff, session_hash
+
+    @classmethod
+    def for_user(cls, user):
+        """Return what ``user`` sees through a session (for the live pages too)."""
+        return cls(user)
+
+    @classmethod
+    def from_request(cls, request, execution_id):
+        user = getattr(request, "user", None)
+        if user is None or not user.is_authenticated or not user.is_active:
+            return None
+        session = getattr(request, "session", None)
+        return cls(user, session.get(HASH_SESSION_KEY) if session is not None else None)
+
+    @classmethod
+    def current_scopes(cls, grants):
+        users = {
+            user.pk: user
+            for user in get_user_model()._default_manager.filter(
+                pk__in={grant.user_id for grant in grants}, is_active=True
+            )
+        }
+        return {
+            grant: frozenset(grant.scopes)
+            for grant in grants
+            if grant.user_id in users and cls.still_holds(grant, users[grant.user_id])
+        }
+
+    @staticmethod
+    def still_holds(grant, user):
+        if user.is_staff != grant.is_staff:
+            return False
+        if grant.session_hash is None:
+            return True
+        return constant_time_compare(grant.session_hash, user.get_session_auth_hash())
 
 
 @cache

@@ -144,7 +144,9 @@ def stream_operation(error_schema):
         "silence; the response ends after a terminal event. Every `data:` is one line of JSON "
         "with `type` and `execution_id`. Event types and their fields:\n\n"
         + "\n".join(f"- `{event}`: {EVENT_FIELDS[event]}" for event in EVENT_TYPES)
-        + "\n\nRequired scopes: `executions:read`."
+        + "\n\nRequired scopes: `executions:read`. Besides an API key, the stream accepts "
+        "`?token=` (a stream token from `POST .../stream-token`) and, with no key or token, "
+        "the site's session cookie (same origin: the user's own executions, or all for staff)."
     )
     errors = {
         str(code): {
@@ -154,6 +156,7 @@ def stream_operation(error_schema):
         for code, text in ERROR_RESPONSES.items()
         if code != 503
     }
+    errors["401"]["description"] += ", invalid_stream_token or expired_stream_token"
     return {
         "operationId": "executions_events_stream",
         "summary": "Stream an execution's events",
@@ -173,6 +176,12 @@ def stream_operation(error_schema):
                 "in": "query",
                 "schema": {"type": "integer", "minimum": 0},
                 "description": "The same, for clients that cannot set headers.",
+            },
+            {
+                "name": "token",
+                "in": "query",
+                "schema": {"type": "string"},
+                "description": "A stream token, instead of a key (POST .../stream-token).",
             },
         ],
         "security": [{name: []} for name in SECURITY_SCHEMES],

@@ -80,6 +80,12 @@ class WorkflowSerializer(serializers.Serializer):
         return data
 
 
+class StreamTokenSerializer(serializers.Serializer):
+    token = serializers.CharField()
+    expires_at = TimestampField()
+    url = serializers.URLField(help_text="The events URL with ?token=, for EventSource.")
+
+
 class ExecuteRequestSerializer(serializers.Serializer):
     inputs = serializers.DictField(required=False, default=dict)
 

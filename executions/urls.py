@@ -19,6 +19,11 @@ urlpatterns = [
         views.ExecutionCancel.as_view(),
         name="execution-cancel",
     ),
+    path(
+        "executions/<str:execution_id>/stream-token",
+        views.ExecutionStreamToken.as_view(),
+        name="execution-stream-token",
+    ),
     path("executions/<str:execution_id>/events", stream.execution_events, name="execution-events"),
     path("schema/", schema.SchemaView.as_view(), name="schema"),
     path("docs/", schema.DocsView.as_view(), name="docs"),

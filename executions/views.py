@@ -1,15 +1,17 @@
 """The REST endpoints around the stream: workflows, execute, list/get/cancel executions."""
 
 import logging
+from urllib.parse import urlencode
 
 from django.db.models import Prefetch
+from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import status
 from rest_framework.response import Response
 
 from apikeys.exceptions import ResourceNotFound, ServiceUnavailable, ValidationError
 from apikeys.openapi import extend_scoped_schema
-from apikeys.responses import error_response, success_body
+from apikeys.responses import error_response, format_timestamp, success_body
 from apikeys.views import ScopedAPIView
 
 from . import schema
@@ -20,9 +22,11 @@ from .serializers import (
     ExecuteRequestSerializer,
     ExecuteResponseSerializer,
     ExecutionSerializer,
+    StreamTokenSerializer,
     WorkflowSerializer,
 )
 from .tasks import run_execution_task
+from .tokens import mint
 from .workflows import create_execution, get_workflow, registry
 
 logger = logging.getLogger(__name__)
@@ -186,6 +190,32 @@ class ExecutionCancel(ScopedAPIView):
             ) from None
         data = ExecutionSerializer(find_execution(request, execution_id)).data
         return Response(success_body(request, data))
+
+
+class ExecutionStreamToken(ScopedAPIView):
+    required_scopes = ("executions:read",)
+
+    @extend_scoped_schema(
+        operation_id="executions_stream_token",
+        summary="Get a token to stream an execution without a header",
+        description="A signed token for this execution's event stream, on this key's behalf: "
+        "`GET .../events?token=...` needs no header, so a browser's `EventSource` on another "
+        "origin can open it. It must be used before `expires_at`; the stream it opens lasts "
+        "until its terminal event, or until the key is revoked or expires.",
+        request=None,
+        responses=schema.envelope(StreamTokenSerializer, status_code=201),
+    )
+    def post(self, request, execution_id):
+        if not Execution.objects.visible_to(request.auth).filter(pk=execution_id).exists():
+            raise ResourceNotFound("execution", execution_id)
+        token, expires_at = mint(execution_id, request.auth)
+        events = reverse("executions:execution-events", kwargs={"execution_id": execution_id})
+        data = {
+            "token": token,
+            "expires_at": format_timestamp(expires_at),
+            "url": request.build_absolute_uri(f"{events}?{urlencode({'token': token})}"),
+        }
+        return Response(success_body(request, data), status=status.HTTP_201_CREATED)
 
 
 async def not_found(request, *args, **kwargs):

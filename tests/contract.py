@@ -51,5 +51,6 @@ CONTRACT = {
     ("get", "/api/v1/executions"): ["executions:read"],
     ("get", "/api/v1/executions/{execution_id}"): ["executions:read"],
     ("post", "/api/v1/executions/{execution_id}/cancel"): ["executions:read", "executions:cancel"],
+    ("post", "/api/v1/executions/{execution_id}/stream-token"): ["executions:read"],
     ("get", "/api/v1/executions/{execution_id}/events"): ["executions:read"],
 }
