@@ -49,6 +49,25 @@ MIDDLEWARE = [
     "apikeys.middleware.APIMiddleware",
 ]
 
+# Cross-origin access to the API, off unless origins are listed: a page on another
+# origin streams with a stream token (EventSource sends no header, and no cookie across
+# origins here) or calls the REST API with a key its own backend hands it.
+CORS_ALLOWED_ORIGINS = [o for o in os.environ.get("CORS_ALLOWED_ORIGINS", "").split(",") if o]
+if CORS_ALLOWED_ORIGINS:
+    from corsheaders.defaults import default_headers
+
+    INSTALLED_APPS.append("corsheaders")
+    MIDDLEWARE.insert(0, "corsheaders.middleware.CorsMiddleware")
+    CORS_URLS_REGEX = r"^/api/v1/"
+    CORS_ALLOW_HEADERS = (*default_headers, "x-api-key", "last-event-id")
+    CORS_EXPOSE_HEADERS = [
+        "X-Request-ID",
+        "X-RateLimit-Limit",
+        "X-RateLimit-Remaining",
+        "X-RateLimit-Reset",
+        "Retry-After",
+    ]
+
 ROOT_URLCONF = "flowmaestro.urls"
 
 TEMPLATES = [
@@ -139,4 +158,6 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    # Django's own console handler would print each of its records a second time.
+    "loggers": {"django": {"handlers": [], "propagate": True}},
 }

@@ -39,6 +39,10 @@ KEEPALIVE_FRAME = b": keepalive"
 
 SERVER_COMMANDS = {
     "daphne": lambda port, application: ["-m", "daphne", "-b", HOST, "-p", str(port), application],
+    # The demo site's daphne (make demo), whose access log leaves out query strings.
+    "demo-daphne": lambda port, application: [
+        *("-m", "flowmaestro.serve", "-b", HOST, "-p", str(port), application)
+    ],
     "uvicorn": lambda port, application: [
         "-m",
         "uvicorn",

@@ -17,9 +17,7 @@ from urllib.parse import urlencode
 
 import psycopg
 import pytest
-import pytest_asyncio
 from django.db import OperationalError
-from django.test import AsyncClient
 from django.utils import timezone
 
 from apikeys.asyncdb import run_in_short_session as db
@@ -35,18 +33,21 @@ from tests.live_server import (
     KEEPALIVE_FRAME,
     PUBSUB_LAYER,
     database_url,
-    events_url,
     expected_body,
     forget_groups,
     frames_of,
     group_members,
     ids_of,
     redis_layer,
-    without_keepalives,
 )
 from tests.runs import completed_run, running
+from tests.streams import Stream, assert_error, get
 
-pytestmark = [pytest.mark.asyncio, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.asyncio,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("settle_cancelled_tasks"),
+]
 
 KEEPALIVE = 0.3
 
@@ -65,110 +66,6 @@ def layer(request, settings):
     """Each of channels-redis' layers in turn (the site uses the pub/sub one)."""
     settings.CHANNEL_LAYERS = {"default": redis_layer(request.param)}
     return request.param
-
-
-async def get(execution_id, raw=None, *, query="", **headers):
-    """Request the stream; ``raw`` goes in ``X-API-Key``."""
-    if raw is not None:
-        headers.setdefault("X-API-Key", raw)
-    return await AsyncClient().get(events_url(execution_id) + query, headers=headers)
-
-
-class Stream:
-    """An open event stream, read to its end in the background."""
-
-    def __init__(self, response):
-        self.response = response
-        self.body = b""
-        self.writes = []  # the body as the server wrote it
-        self.task = asyncio.create_task(self.read())
-
-    async def read(self):
-        async for chunk in self.response.streaming_content:
-            self.body += chunk
-            self.writes.append(chunk)
-
-    @property
-    def frames(self):
-        return frames_of(self.body)
-
-    @property
-    def events_body(self):
-        return without_keepalives(self.body)
-
-    @property
-    def ids(self):
-        return ids_of(self.body)
-
-    async def wait_for(self, predicate, within=TIMEOUT):
-        """Wait until ``predicate(self)`` holds; fail if the stream ends first."""
-
-        def holds():
-            if predicate(self):
-                return True
-            if self.task.done():
-                self.task.result()
-                raise AssertionError("The stream ended first")
-            return False
-
-        try:
-            await eventually(holds, within)
-        except AssertionError as error:
-            raise AssertionError(f"{error}: {self.body!r}") from None
-
-    async def end(self, within=TIMEOUT):
-        """Wait for the server to end the stream; return the whole body."""
-        try:
-            await asyncio.wait_for(asyncio.shield(self.task), within)
-        except TimeoutError:
-            raise AssertionError(f"Still open after {within} s: {self.body!r}") from None
-        return self.body
-
-    async def close(self):
-        """Stop reading, as a client that goes away (a reader's error is the test's to
-        assert, through ``wait_for`` or ``end``)."""
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-
-
-@pytest_asyncio.fixture(autouse=True)
-async def settle_cancelled_tasks():
-    """Let tasks being cancelled (the hub's receiver, stopped with the last stream) finish
-    before the test's loop closes, cancelling them again while they do: on Python 3.11 a
-    cancel that meets redis-py's read timeout comes out as a TimeoutError that redis-py
-    retries, so a channels-redis receive() may go on after its first cancel."""
-    yield
-    current = asyncio.current_task()
-    stopping = {task for task in asyncio.all_tasks() if task is not current and task.cancelling()}
-    async with asyncio.timeout(TIMEOUT):
-        while stopping:
-            _, stopping = await asyncio.wait(stopping, timeout=0.2)
-            for task in stopping:
-                task.cancel()
-
-
-@pytest_asyncio.fixture
-async def connect():
-    """Open a stream (``connect(execution_id, raw, **headers)``) that must start with 200;
-    every stream still open is closed after the test."""
-    streams = []
-
-    async def open_stream(execution_id, raw, *, query="", **headers):
-        response = await get(execution_id, raw, query=query, **headers)
-        assert response.status_code == 200, response.content
-        assert response.streaming
-        stream = Stream(response)
-        streams.append(stream)
-        return stream
-
-    yield open_stream
-    for stream in streams:
-        await stream.close()
-
-
-@pytest.fixture
-def raw_key(make_key):
-    return make_key()[1]
 
 
 def failed_run(user):
@@ -192,18 +89,6 @@ def finish_two_nodes(recorder):
         with recorder.node(node_id, "transform") as node:
             node.outputs = {"node": node_id}
     recorder.complete({"nodes": 2})
-
-
-def assert_error(response, status, code):
-    """Assert an error envelope answered instead of a stream; return its ``error``."""
-    assert response.status_code == status
-    assert not response.streaming
-    assert response["Content-Type"] == "application/json"
-    body = json.loads(response.content)
-    assert body["error"]["code"] == code
-    assert set(body["meta"]) == {"request_id", "timestamp"}
-    assert response["X-Request-ID"] == body["meta"]["request_id"]
-    return body["error"]
 
 
 @pytest.mark.parametrize(
@@ -763,52 +648,3 @@ async def test_a_site_without_a_channel_layer_still_streams_from_the_log(
     await db(finish_two_nodes, recorder)
     await stream.end()
     assert stream.events_body == await db(expected_body, recorder.execution_id, "running")
-
-
-# Kinds of grant: the stream and the fan-out work with any kind the setting lists.
-
-
-@pytest.fixture
-def user_header_grants(settings):
-    from tests.grants import UserHeaderGrant
-
-    settings.EXECUTIONS = {
-        **settings.EXECUTIONS,
-        "STREAM_GRANTS": ["executions.grants.APIKeyGrant", "tests.grants.UserHeaderGrant"],
-    }
-    UserHeaderGrant.valid_users, UserHeaderGrant.checks = set(), []
-    return UserHeaderGrant
-
-
-async def test_a_kind_of_grant_the_setting_lists_opens_streams(user, connect, user_header_grants):
-    test_mode = await db(running, user, mode="test")
-    stream = await connect(test_mode.execution_id, None, **{"X-Test-User": str(user.pk)})
-    await stream.wait_for(lambda s: s.ids == [1])
-
-
-async def test_a_kind_of_grant_the_setting_does_not_list_opens_nothing(user):
-    recorder = await db(running, user)
-    response = await get(recorder.execution_id, **{"X-Test-User": str(user.pk)})
-    assert_error(response, 401, "invalid_api_key")
-
-
-async def test_each_kind_of_grant_is_rechecked_in_one_call_for_all_its_streams(
-    user, raw_key, connect, user_header_grants
-):
-    user_header_grants.valid_users.add(user.pk)
-    recorder = await db(running, user)
-    by_header = [
-        await connect(recorder.execution_id, None, **{"X-Test-User": str(user.pk)})
-        for _ in range(2)
-    ]
-    by_key = await connect(recorder.execution_id, raw_key)
-    await by_key.wait_for(lambda s: s.ids == [1])
-    user_header_grants.checks.clear()
-    await eventually(lambda: len(user_header_grants.checks) >= 2)
-    assert set(user_header_grants.checks) == {2}  # both streams, in one call a tick
-    user_header_grants.valid_users.clear()
-    for stream in by_header:
-        await stream.end(within=10 * KEEPALIVE)
-    await db(recorder.complete, {})
-    await by_key.end()
-    assert by_key.ids == [1, 2]

@@ -33,6 +33,7 @@ from tests.live_server import (
     redis_server,
     without_keepalives,
 )
+from tests.runs import completed_run
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -329,3 +330,66 @@ def test_a_producer_stopped_by_sigterm_records_that_its_run_failed(user):
         "The worker stopped during the run (KeyboardInterrupt).",
     )
     assert list(execution.nodes.values_list("status", flat=True)) == ["failed"]
+
+
+# Browser access through the demo site's own server process.
+
+
+@pytest.fixture
+def demo_server():
+    with live_server(
+        "demo-daphne",
+        LOG_LEVEL="INFO",
+        CORS_ALLOWED_ORIGINS="http://127.0.0.1:9",
+        APIKEYS_RATE_LIMIT_KEY_PREFIX=f"test-rl:{uuid.uuid4().hex}",
+    ) as server:
+        yield server
+
+
+def test_the_demo_servers_print_no_stream_token(demo_server, user, raw_key):
+    execution_id = completed_run(user)
+    response = httpx.post(
+        f"{demo_server.url}/api/v1/executions/{execution_id}/stream-token",
+        headers={"X-API-Key": raw_key},
+    )
+    token = response.json()["data"]["token"]
+    streamed = httpx.get(f"{demo_server.url}{events_url(execution_id)}?token={token}")
+    assert streamed.status_code == 200
+    refused = httpx.get(f"{demo_server.url}{events_url('exec_other')}?token={token}")
+    assert refused.json()["error"]["code"] == "invalid_stream_token"
+    demo_server.stop()
+    log = demo_server.log()
+    assert f'"GET {events_url(execution_id)}" 200' in log  # the access log is on
+    assert token not in log
+    assert "token=" not in log
+
+
+def test_an_allowed_origin_may_call_the_api_and_stream_with_a_token(demo_server, user, raw_key):
+    origin = {"Origin": "http://127.0.0.1:9"}
+    execution_id = completed_run(user)
+    preflight = httpx.options(
+        f"{demo_server.url}/api/v1/executions/{execution_id}/stream-token",
+        headers={
+            **origin,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "x-api-key",
+        },
+    )
+    assert preflight.headers["Access-Control-Allow-Origin"] == origin["Origin"]
+    assert "x-api-key" in preflight.headers["Access-Control-Allow-Headers"]
+    minted = httpx.post(
+        f"{demo_server.url}/api/v1/executions/{execution_id}/stream-token",
+        headers={**origin, "X-API-Key": raw_key},
+    )
+    assert minted.headers["Access-Control-Allow-Origin"] == origin["Origin"]
+    assert "X-Request-ID" in minted.headers["Access-Control-Expose-Headers"]
+    streamed = httpx.get(minted.json()["data"]["url"], headers=origin)
+    assert streamed.status_code == 200
+    assert streamed.headers["Access-Control-Allow-Origin"] == origin["Origin"]
+    refused = httpx.get(f"{demo_server.url}{events_url(execution_id)}", headers=origin)
+    assert refused.status_code == 401
+    assert refused.headers["Access-Control-Allow-Origin"] == origin["Origin"]
+    other = httpx.get(
+        f"{demo_server.url}{events_url(execution_id)}", headers={"Origin": "http://evil.test"}
+    )
+    assert "Access-Control-Allow-Origin" not in other.headers

@@ -46,7 +46,7 @@ class Command(BaseCommand):
                 [
                     sys.executable,
                     "-m",
-                    "daphne",
+                    "flowmaestro.serve",  # daphne, its access log without query strings
                     "-b",
                     host,
                     "-p",
