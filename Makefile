@@ -14,6 +14,10 @@ TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:543
             REDIS_URL=$${TEST_REDIS_URL:-redis://127.0.0.1:6379/1} \
             FLOWMAESTRO_SDK_PYTHON=$(CURDIR)/$(SDK_VENV)/bin/python
 
+# The browser tests drive Debian's Chromium through Playwright (no browser download).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: demo test lint services bench
 
 $(STAMP): pyproject.toml
@@ -37,6 +41,13 @@ lint: $(STAMP)
 services:
 	.ci/ensure-services
 
+$(CHROMIUM):
+	@echo "Chromium is missing: installing Debian's package for the browser tests."
+	@export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; } || \
+	  { echo "ERROR: could not install Chromium (apt-get install chromium): the browser tests need it." >&2; exit 1; }
+
 # On demand, not in CI: minutes of load on a quiet machine (docs/performance.md).
 bench: $(STAMP) services
 	for server in daphne uvicorn; do \
@@ -44,7 +55,7 @@ bench: $(STAMP) services
 	  $(BIN)/python bench/stream_load.py --server $$server --idle || exit 1; \
 	done
 
-test: $(STAMP) $(SDK_STAMP) lint services
+test: $(STAMP) $(SDK_STAMP) $(CHROMIUM) lint services
 	$(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/pytest
 	$(TEST_ENV) $(BIN)/nox

@@ -39,6 +39,9 @@ CONFIG_DEFAULTS = {
     # Whether executions.asgi.StreamingASGIHandler serves every async view, not only the
     # event stream, outside Django's per-request thread context (see its docstring).
     "THREAD_FREE_ASYNC_VIEWS": False,
+    # The template the live pages (executions.pages) extend: a host sets its own base, which
+    # provides the blocks that executions/page_base.html, the default, documents.
+    "PAGE_BASE_TEMPLATE": "executions/page_base.html",
 }
 
 

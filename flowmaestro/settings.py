@@ -129,7 +129,15 @@ APIKEYS = {
 }
 # FlowMaestro's official Python SDK reads streams with httpx's default 5 s read timeout,
 # so this site, which serves SDK clients, sends keepalives more often than the default 15 s.
-EXECUTIONS = {"KEEPALIVE_INTERVAL": 4.0}
+EXECUTIONS = {
+    "KEEPALIVE_INTERVAL": 4.0,
+    # The live pages (/executions/) sit in this site's own layout and navigation.
+    "PAGE_BASE_TEMPLATE": "base.html",
+}
+
+# The live pages and the admin share the session: log in at either.
+LOGIN_URL = "/accounts/login/"
+LOGIN_REDIRECT_URL = "/executions/"
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

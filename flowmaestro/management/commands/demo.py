@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
 
 from apikeys.models import APIKey
 from apikeys.scopes import all_bundles
@@ -111,14 +112,21 @@ class Command(BaseCommand):
             f"{shlex.quote(sys.executable)} manage.py runworkflow wf_demo --owner {DEMO_USER} "
             f'--inputs \'{{"nodes": 5, "delay_ms": 1000}}\''
         )
+        live_page = base + reverse("execution_pages:execution-detail", args=[execution_id])
         write = self.stdout.write
         write("")
         write(self.style.SUCCESS("The demo is running."))
         write("")
-        write(f"  Your demo API key (full access; shown once): {raw}")
-        write(f"  Admin: {base}/admin/  (user {DEMO_USER!r}, password {DEMO_PASSWORD!r})")
+        write(f"  A demo execution is running now ({execution_id}). Watch it live in your browser:")
         write("")
-        write(f"  A demo execution is running now ({execution_id}). Watch it stream:")
+        write(self.style.SUCCESS(f"    {live_page}"))
+        write(f"    log in as user {DEMO_USER!r}, password {DEMO_PASSWORD!r}")
+        write("")
+        write(f"  All executions: {base}/executions/   Admin: {base}/admin/  (the same login)")
+        write("")
+        write(f"  Your demo API key (full access; shown once): {raw}")
+        write("")
+        write("  Or watch it stream in a terminal:")
         write("")
         write(f"    curl -N -H 'X-API-Key: {raw}' {events_url}")
         write("")
