@@ -18,7 +18,7 @@ TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:543
 CHROMIUM := /usr/bin/chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint services bench
+.PHONY: demo test lint services bench screenshots
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,11 @@ bench: $(STAMP) services
 	  $(BIN)/python bench/stream_load.py --server $$server && \
 	  $(BIN)/python bench/stream_load.py --server $$server --idle || exit 1; \
 	done
+
+# The live page's screenshots in docs/screenshots/, taken by the browser tests (running,
+# failed and completed, and one at a phone's width).
+screenshots: $(STAMP) $(CHROMIUM) services
+	SCREENSHOTS_DIR=docs/screenshots $(TEST_ENV) $(BIN)/pytest tests/test_browser.py -k "watches or failed_run"
 
 test: $(STAMP) $(SDK_STAMP) $(CHROMIUM) lint services
 	$(BIN)/python manage.py check --fail-level WARNING

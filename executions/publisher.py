@@ -66,8 +66,11 @@ _sender_loop = _SenderLoop()
 def publish(msg):
     """Send ``msg`` from sync code, on the server's own loop when there is one."""
     # Inside sync_to_async (a sync view or ORM call under ASGI) the server's loop is
-    # known, and the layer's in-memory queues must be touched from that loop only.
-    if getattr(SyncToAsync.threadlocal, "main_event_loop", None) is not None:
+    # known, and the layer's in-memory queues must be touched from that loop only. asgiref
+    # leaves that loop in the thread's locals once the call is over, closed: only a loop
+    # that still runs is the caller's.
+    main_loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if main_loop is not None and main_loop.is_running():
         async_to_sync(apublish)(msg)
     else:
         _sender_loop.run(apublish(msg))

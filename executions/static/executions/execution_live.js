@@ -135,7 +135,11 @@
     part(root, role).replaceChildren(timeElement(iso));
   }
 
+  // The node count the last progress event gave, for the completion to say "3 of 3".
+  let knownTotal = null;
+
   function setProgress(percent, completedNodes, totalNodes) {
+    if (totalNodes != null) knownTotal = totalNodes;
     progressBar.value = percent;
     const text = progressText(percent, completedNodes, totalNodes);
     progressBar.textContent = text;
@@ -237,7 +241,7 @@
     },
     "execution:completed"(data) {
       finishExecution("completed", data.completed_at, data.duration_ms);
-      setProgress(100);
+      setProgress(100, knownTotal, knownTotal);
       showJson(part(root, "execution-outputs"), data.outputs);
     },
     "execution:failed"(data) {
