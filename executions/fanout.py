@@ -22,7 +22,6 @@ from apikeys.asyncdb import run_in_short_session
 from . import messages
 from .conf import get_config
 from .log import log_batches
-from .models import Execution
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +40,22 @@ class Subscription:
     hold one, and each event touches every one of them.
     """
 
-    __slots__ = ("ended", "grant", "items", "keepalive_due", "last_write", "scopes", "waiter")
+    __slots__ = (
+        "ended",
+        "from_seq",
+        "grant",
+        "items",
+        "keepalive_due",
+        "last_write",
+        "scopes",
+        "waiter",
+    )
 
-    def __init__(self, grant, scopes):
+    def __init__(self, grant, scopes, from_seq):
         self.grant, self.scopes = grant, frozenset(scopes)
+        # Every event after this one reaches the subscription; those up to it are the
+        # log's to give.
+        self.from_seq = from_seq
         self.items = []
         self.waiter = None
         self.ended = False  # the stream must end: its client is too slow, or its grant is void
@@ -89,12 +100,12 @@ class Topic:
     """One execution watched by this process: its own task joins the execution's group,
     follows it while any stream watches, then leaves the group."""
 
-    def __init__(self, hub, execution_id):
+    def __init__(self, hub, execution_id, last_seq):
         self.hub, self.execution_id = hub, execution_id
         self.group = messages.group_name(execution_id)
         self.subscriptions = set()
         self.inbox = asyncio.Queue()
-        self.last_seq = 0
+        self.last_seq = last_seq
         self.pending = []  # delivered, not yet handed to the streams
         self.flush_handle = None
         self.last_flush = 0.0
@@ -102,9 +113,11 @@ class Topic:
         self.task = asyncio.create_task(self.run(), name=f"executions-topic-{execution_id}")
 
     async def run(self):
-        self.last_seq = await self.read_last_seq()
+        await self.hub.join(self.group)
+        # What was recorded after last_seq, as the stream that made the topic read it, and
+        # before the group was joined.
+        await self.catch_up()
         while True:
-            await self.hub.join(self.group)
             self.ready.set()
             await self.follow()
             await self.hub.leave(self.group)
@@ -112,6 +125,7 @@ class Topic:
             if not self.subscriptions:
                 self.hub.forget(self)
                 return
+            await self.hub.join(self.group)
 
     async def follow(self):
         """Deliver the execution's events until no stream is left."""
@@ -136,23 +150,6 @@ class Topic:
     def wake(self):
         """Have follow() look again at once: at its streams and at its group."""
         self.inbox.put_nowait(0)  # no event has sequence number 0
-
-    async def read_last_seq(self):
-        """Return the execution's last recorded sequence number, retrying while the
-        database is unreachable (streams wait: they could not replay either)."""
-        while True:
-            try:
-                return await run_in_short_session(
-                    lambda: (
-                        Execution.objects.filter(pk=self.execution_id)
-                        .values_list("last_seq", flat=True)
-                        .first()
-                        or 0
-                    )
-                )
-            except Exception as exc:
-                logger.warning("Reading execution %s failed, retrying: %r", self.execution_id, exc)
-                await asyncio.sleep(RETRY_DELAY)
 
     async def catch_up(self):
         """Deliver everything logged after ``last_seq``, in order."""
@@ -216,16 +213,17 @@ class Hub:
         self.ticker = None
         self.joined = set()
 
-    async def subscribe(self, execution_id, grant, scopes):
-        """Return a ``Subscription`` to the execution's events from now on, in order, that
-        ends once ``grant`` is no longer valid or lacks one of ``scopes``."""
+    async def subscribe(self, execution_id, grant, scopes, last_seq):
+        """Return a ``Subscription`` to the execution's events after its ``from_seq``, in
+        order, that ends once ``grant`` is no longer valid or lacks one of ``scopes``;
+        ``last_seq`` is the execution's last sequence number as the caller read it."""
         self.start()
         # No await between the look-up and the insert: streams subscribing at the same
         # time must share one Topic, or those left on a replaced one hear only its polls.
         topic = self.topics.get(execution_id)
         if topic is None:
-            topic = self.topics[execution_id] = Topic(self, execution_id)
-        subscription = Subscription(grant, scopes)
+            topic = self.topics[execution_id] = Topic(self, execution_id, last_seq)
+        subscription = Subscription(grant, scopes, topic.last_seq)
         topic.subscriptions.add(subscription)
         try:
             await topic.ready.wait()

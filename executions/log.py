@@ -33,24 +33,34 @@ def read_log(execution_id, after_seq, limit):
     return [Item(seq, event, frame(seq, event, data)) for seq, event, data in rows]
 
 
+def read_batch(execution_id, after, until=None):
+    """Return the next batch of logged events after ``after``: at most
+    ``REPLAY_BATCH_SIZE``, none after ``until``, and none after a terminal event."""
+    batch = [
+        item
+        for item in read_log(execution_id, after, get_config()["REPLAY_BATCH_SIZE"])
+        if until is None or item.seq <= until
+    ]
+    for index, item in enumerate(batch):
+        if item.is_terminal:
+            del batch[index + 1 :]
+            break
+    return batch
+
+
+def is_last_batch(batch):
+    """Whether no batch follows ``batch`` (``read_batch()``'s): short, or terminal."""
+    return len(batch) < get_config()["REPLAY_BATCH_SIZE"] or batch[-1].is_terminal
+
+
 async def log_batches(execution_id, after, until=None):
-    """Yield the logged events after ``after`` (up to ``until``) in batches of at most
-    ``REPLAY_BATCH_SIZE``, each read in a short database session, ending at a terminal
-    event."""
-    batch_size = get_config()["REPLAY_BATCH_SIZE"]
+    """Yield the logged events after ``after`` (up to ``until``) in ``read_batch()``
+    batches, each read in a short database session, ending at a terminal event."""
     while True:
-        batch = [
-            item
-            for item in await run_in_short_session(read_log, execution_id, after, batch_size)
-            if until is None or item.seq <= until
-        ]
-        for index, item in enumerate(batch):
-            if item.is_terminal:
-                del batch[index + 1 :]
-                break
+        batch = await run_in_short_session(read_batch, execution_id, after, until)
         if not batch:
             return
         yield batch
-        after = batch[-1].seq
-        if len(batch) < batch_size or batch[-1].is_terminal:
+        if is_last_batch(batch):
             return
+        after = batch[-1].seq

@@ -5,10 +5,12 @@ fails is logged and streams fill the gap from the log.
 """
 
 import asyncio
+import atexit
 import logging
 import threading
+import weakref
 
-from asgiref.sync import SyncToAsync, async_to_sync
+from asgiref.sync import SyncToAsync
 from channels.layers import get_channel_layer
 
 from .conf import get_config
@@ -35,8 +37,43 @@ async def apublish(msg):
         )
 
 
-class _SenderLoop:
-    """One event loop thread per process for sync producers.
+class Sender:
+    """Sends messages to the channel layer from one event loop, one after the other, in the
+    order they were handed over; handing one over never waits on the layer."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self.queue = asyncio.Queue()
+        self.task = None
+        self.unsent = 0
+        self.sent = threading.Condition()
+
+    def put(self, msg):
+        """Queue ``msg`` from any thread."""
+        with self.sent:
+            self.unsent += 1
+        self.loop.call_soon_threadsafe(self._put, msg)
+
+    def _put(self, msg):
+        self.queue.put_nowait(msg)
+        if self.task is None or self.task.done():
+            self.task = self.loop.create_task(self._send_all(), name="executions-publisher")
+
+    async def _send_all(self):
+        while not self.queue.empty():
+            await apublish(self.queue.get_nowait())
+            with self.sent:
+                self.unsent -= 1
+                self.sent.notify_all()
+
+    def wait(self, timeout):
+        """Wait until every queued message is sent (or ``timeout``); return whether it was."""
+        with self.sent:
+            return self.sent.wait_for(lambda: self.unsent == 0, timeout)
+
+
+class _SenderThread:
+    """One event loop thread per process for producers outside a server.
 
     ``async_to_sync(group_send)`` from plain sync code starts a new loop per call, and
     channels_redis opens a new Redis connection for each; a worker that records many
@@ -45,32 +82,60 @@ class _SenderLoop:
 
     def __init__(self):
         self.lock = threading.Lock()
-        self.loop = None
+        self.sender = None
 
-    def run(self, coro):
+    def get(self):
         with self.lock:
-            if self.loop is None or not self.loop.is_running():
-                self.loop = asyncio.new_event_loop()
+            if self.sender is None or not self.sender.loop.is_running():
+                loop = asyncio.new_event_loop()
                 started = threading.Event()
-                self.loop.call_soon(started.set)
+                loop.call_soon(started.set)
                 threading.Thread(
-                    target=self.loop.run_forever, name="executions-publisher", daemon=True
+                    target=loop.run_forever, name="executions-publisher", daemon=True
                 ).start()
                 started.wait()
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+                self.sender = Sender(loop)
+            return self.sender
 
 
-_sender_loop = _SenderLoop()
+_sender_thread = _SenderThread()
+_loop_senders = weakref.WeakKeyDictionary()
+
+
+def sender_for(loop):
+    sender = _loop_senders.get(loop)
+    if sender is None:
+        sender = _loop_senders[loop] = Sender(loop)
+    return sender
 
 
 def publish(msg):
-    """Send ``msg`` from sync code, on the server's own loop when there is one."""
+    """Queue ``msg`` for its execution's group, from sync code; return at once.
+
+    Messages go out in the order they were published: a recorder publishes each event
+    after its transaction commits, so streams hear them in sequence order, and any that
+    the layer loses are read from the log.
+    """
     # Inside sync_to_async (a sync view or ORM call under ASGI) the server's loop is
-    # known, and the layer's in-memory queues must be touched from that loop only. asgiref
-    # leaves that loop in the thread's locals once the call is over, closed: only a loop
-    # that still runs is the caller's.
-    main_loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
-    if main_loop is not None and main_loop.is_running():
-        async_to_sync(apublish)(msg)
+    # known, and the layer's in-memory queues must be touched from that loop only.
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is not None and loop.is_running():
+        sender_for(loop).put(msg)
     else:
-        _sender_loop.run(apublish(msg))
+        _sender_thread.get().put(msg)
+
+
+def publish_all(msgs):
+    """``publish()`` each of ``msgs``, in order."""
+    for msg in msgs:
+        publish(msg)
+
+
+def flush(timeout=SEND_TIMEOUT):
+    """Wait until this process's producers' messages are sent, or ``timeout`` seconds;
+    return whether they were. Called at exit, so a last event goes out at once."""
+    sender = _sender_thread.sender
+    return sender is None or sender.wait(timeout)
+
+
+atexit.register(flush)

@@ -14,6 +14,7 @@ group only after that transaction commits. Sync methods have ``a``-prefixed asyn
 """
 
 import contextlib
+import threading
 from functools import partial
 
 from asgiref.sync import sync_to_async
@@ -25,7 +26,7 @@ from apikeys.responses import format_timestamp
 from . import events, messages
 from .log import Item
 from .models import Event, Execution, NodeRun, Status
-from .publisher import publish
+from .publisher import publish_all
 
 
 class ExecutionFinished(Exception):
@@ -46,6 +47,15 @@ def close_running_nodes(execution, status, now, error=None):
         run.save(update_fields=["status", "completed_at", "error", "duration_ms"])
 
 
+class _Batch:
+    """The locked execution and the events a ``batch()`` has recorded so far."""
+
+    __slots__ = ("events", "execution", "items")
+
+    def __init__(self, execution):
+        self.execution, self.events, self.items = execution, [], []
+
+
 class NodeRecorder:
     """Handle of a running node: set ``outputs`` before the ``with`` block ends."""
 
@@ -59,6 +69,7 @@ class ExecutionRecorder:
 
     def __init__(self, execution_id):
         self.execution_id = getattr(execution_id, "pk", execution_id)
+        self._local = threading.local()  # the batch() this thread is recording into
         # The last node this recorder saw fail, for the execution:failed that may follow.
         self.failed_node_id = None
 
@@ -80,7 +91,11 @@ class ExecutionRecorder:
 
     @property
     def execution(self):
-        """Return the execution as it is now in the database."""
+        """Return the execution as it is now in the database (inside ``batch()``, as the
+        batch has changed it so far)."""
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:
+            return batch.execution
         return Execution.objects.get(pk=self.execution_id)
 
     def _record(self, event_type, change):
@@ -90,22 +105,47 @@ class ExecutionRecorder:
         fields. The event is sent to the channel layer once the outermost transaction
         commits, so no stream ever sees an event that was rolled back.
         """
-        with transaction.atomic():
-            execution = Execution.objects.select_for_update().get(pk=self.execution_id)
+        with self.batch() as batch:
+            execution = batch.execution
             if execution.is_finished:
                 raise ExecutionFinished(execution)
             now = timezone.now()
             fields = change(execution, now)
             execution.last_seq += 1
-            execution.save()
-            data = events.encode_data(event_type, execution.pk, fields)
-            Event.objects.create(
-                execution=execution, seq=execution.last_seq, type=event_type, data=data
-            )
             seq = execution.last_seq
-            item = Item(seq, event_type, events.frame(seq, event_type, data))
-            transaction.on_commit(partial(publish, messages.build(execution.pk, item)))
+            data = events.encode_data(event_type, execution.pk, fields)
+            batch.events.append(Event(execution=execution, seq=seq, type=event_type, data=data))
+            batch.items.append(Item(seq, event_type, events.frame(seq, event_type, data)))
         return execution
+
+    @contextlib.contextmanager
+    def batch(self):
+        """Record the events of the ``with`` block in one transaction: the execution is
+        locked once, its events are inserted together at the end of the block and sent
+        after the commit. For producers that emit many small events at once; an error in
+        the block records none of them.
+
+            with recorder.batch():
+                for chunk in chunks:
+                    recorder.progress(completed_nodes=chunk.index, total_nodes=len(chunks))
+        """
+        batch = getattr(self._local, "batch", None)
+        if batch is not None:
+            yield batch
+            return
+        with transaction.atomic():
+            batch = self._local.batch = _Batch(
+                Execution.objects.select_for_update().get(pk=self.execution_id)
+            )
+            try:
+                yield batch
+            finally:
+                self._local.batch = None
+            if batch.events:
+                batch.execution.save()
+                Event.objects.bulk_create(batch.events)
+                msgs = [messages.build(batch.execution.pk, item) for item in batch.items]
+                transaction.on_commit(partial(publish_all, msgs))
 
     def start(self):
         """Move the execution from pending to running: ``execution:started``."""

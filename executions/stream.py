@@ -18,7 +18,7 @@ from .asgi import EventStreamResponse, streams_events
 from .events import KEEPALIVE_FRAME, opening_frames
 from .fanout import get_hub
 from .grants import grant_for_request
-from .log import log_batches
+from .log import is_last_batch, log_batches, read_batch
 from .models import Execution
 
 LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")
@@ -40,47 +40,74 @@ def last_event_id(request):
     return int(raw)
 
 
+class Opening:
+    """What a request to the stream found: who it is, what it streams, from where."""
+
+    __slots__ = ("after", "execution", "first_batch", "grant")
+
+    def __init__(self, grant, execution, after, first_batch):
+        self.grant, self.execution, self.after = grant, execution, after
+        self.first_batch = first_batch
+
+
 def open_stream(request, execution_id):
-    """Return ``(grant, execution, last_event_id)`` for a request to stream
-    ``execution_id``, or raise the ``APIError`` to answer instead; it runs in one short
-    database session."""
+    """Return the ``Opening`` of a request to stream ``execution_id``, or raise the
+    ``APIError`` to answer instead.
+
+    It all runs in one short database session: the grant, the execution's visibility and
+    the first batch of its history (read before subscribing to live events; what comes
+    between is a gap the sequence numbers reveal, filled from the log).
+    """
     grant = grant_for_request(request, execution_id)
     check_scopes(grant, SCOPES)
     if request.method != "GET":
         raise MethodNotAllowed(f'Method "{request.method}" not allowed.', headers={"Allow": "GET"})
-    after = last_event_id(request)
+    after = last_event_id(request) or 0
     execution = Execution.objects.visible_to(grant).filter(pk=execution_id).first()
     if execution is None:
         raise ResourceNotFound("execution", execution_id)
-    return grant, execution, after
+    if execution.is_finished and after >= execution.last_seq:
+        return Opening(grant, execution, after, None)
+    return Opening(grant, execution, after, read_batch(execution.pk, after))
 
 
 @streams_events
 @answers_api_errors
 async def execution_events(request, execution_id):
-    grant, execution, after = await run_in_short_session(open_stream, request, execution_id)
-    if execution.is_finished and after is not None and after >= execution.last_seq:
+    opening = await run_in_short_session(open_stream, request, execution_id)
+    if opening.first_batch is None:
         # The client has the terminal event; 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
-    response = EventStreamResponse(event_stream(execution.pk, execution.status, grant, after or 0))
+    response = EventStreamResponse(event_stream(opening))
     # GZipMiddleware would compress each frame on its own and double a stream's memory;
     # it leaves alone a response to a request that did not accept gzip.
     request.META.pop("HTTP_ACCEPT_ENCODING", None)
     return response
 
 
-async def event_stream(execution_id, status, grant, last_sent):
-    """Yield the stream's bytes: opening frames, the log after ``last_sent``, then live events
-    until the terminal one, or until ``grant`` no longer lets it read.
+async def event_stream(opening):
+    """Yield the stream's bytes: opening frames, the log after ``opening.after``, then live
+    events until the terminal one, or until the grant no longer lets it read.
 
-    Subscribing comes before reading the log, so nothing falls between replay and live;
-    sequence numbers drop the overlap and reveal any gap, which the log fills.
+    Subscribing comes before reading the rest of the log, so nothing falls between replay
+    and live; sequence numbers drop the overlap and reveal any gap, which the log fills.
     """
+    execution, first = opening.execution, opening.first_batch
+    execution_id = execution.pk
+    start = opening_frames(execution_id, execution.status) + b"".join(i.frame for i in first)
+    if first and first[-1].is_terminal:
+        yield start
+        return
+    last_sent = first[-1].seq if first else opening.after
+    read_on = bool(first) and not is_last_batch(first)
     hub = get_hub()
-    subscription = await hub.subscribe(execution_id, grant, SCOPES)
+    subscription = await hub.subscribe(execution_id, opening.grant, SCOPES, execution.last_seq)
+    del opening, execution, first  # an open stream keeps none of them
     try:
-        yield opening_frames(execution_id, status)
-        async for batch in log_batches(execution_id, last_sent):
+        subscription.last_write = time.monotonic()
+        yield start
+        del start
+        async for batch in history(execution_id, last_sent, read_on, subscription.from_seq):
             subscription.last_write = time.monotonic()
             yield b"".join(item.frame for item in batch)
             last_sent = batch[-1].seq
@@ -114,3 +141,17 @@ async def event_stream(execution_id, status, grant, last_sent):
                 return
     finally:
         hub.unsubscribe(execution_id, subscription)
+
+
+async def history(execution_id, after, read_on, through):
+    """Yield the logged events after ``after`` in batches: all of them if ``read_on``
+    (the first batch was full), else those up to ``through``."""
+    if read_on:
+        async for batch in log_batches(execution_id, after):
+            yield batch
+            after = batch[-1].seq
+            if batch[-1].is_terminal:
+                return
+    if after < through:
+        async for batch in log_batches(execution_id, after, until=through):
+            yield batch

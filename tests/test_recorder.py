@@ -12,14 +12,17 @@ import pytest
 import pytest_asyncio
 from asgiref.sync import SyncToAsync, sync_to_async
 from channels.layers import get_channel_layer
-from django.db import connections, transaction
+from django.db import connection, connections, transaction
+from django.test.utils import CaptureQueriesContext
 
 from apikeys.asyncdb import run_in_short_session
+from executions import publisher
 from executions.messages import group_name
 from executions.models import Event, Execution, NodeRun, Status
 from executions.recorder import ExecutionFinished, ExecutionRecorder
 from executions.workflows import create_execution, get_workflow, run_execution
 from flowmaestro.workflows import demo_node_outputs
+from tests.hub import eventually
 
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -371,9 +374,12 @@ async def next_message(layer, channel):
 async def assert_nothing_published(layer, channel):
     """Assert nothing came to ``channel`` yet: a sentinel sent now is the next message.
 
-    Whatever the recorder sends, it has sent when its call returns, so it would come
-    first. (No receive with a timeout: on Python 3.11 redis-py may not honour its cancel.)
+    Whatever the recorder published is queued on this loop's sender by the time its call
+    returns; once the sender has sent it all, it would come first. (No receive with a
+    timeout: on Python 3.11 redis-py may not honour its cancel.)
     """
+    sender = publisher.sender_for(asyncio.get_running_loop())
+    await eventually(lambda: sender.unsent == 0)
     await layer.send(channel, SENTINEL)
     assert await next_message(layer, channel) == SENTINEL
 
@@ -603,3 +609,140 @@ def test_run_execution_of_an_unregistered_workflow_fails_it(user):
     assert types_of(execution.id) == ["execution:failed"]
     assert payloads(execution.id)[0]["error"] == "Workflow 'wf_nowhere' is not registered."
     assert payloads(execution.id)[0]["node_id"] is None
+
+
+# Publishing never waits on the channel layer, and keeps the order of the commits.
+
+
+@pytest.fixture
+def held_layer(monkeypatch):
+    """Hold every send to the channel layer until ``release()``; ``sent`` lists the
+    ``(execution_id, seq)`` of each message in the order it was sent."""
+    release, sent = threading.Event(), []
+
+    async def held_apublish(msg):
+        await asyncio.to_thread(release.wait, 10)
+        sent.append((msg["execution_id"], msg["seq"]))
+
+    monkeypatch.setattr(publisher, "apublish", held_apublish)
+    return release, sent
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recording_returns_while_the_channel_layer_has_not_taken_the_event(user, held_layer):
+    release, sent = held_layer
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_held")
+    recorder.start()
+    for number in range(1, 5):
+        recorder.progress(completed_nodes=number, total_nodes=4)
+    recorder.complete({})
+    assert sent == []  # five events committed while the layer held the first send
+    release.set()
+    assert publisher.flush(10)
+    assert sent == [(recorder.execution_id, seq) for seq in range(1, 7)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_records_its_events_in_one_transaction_and_publishes_them_in_order(
+    user, held_layer
+):
+    release, sent = held_layer
+    release.set()
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_batch", total_nodes=200)
+    recorder.start()
+    with CaptureQueriesContext(connection) as queries, recorder.batch():
+        for number in range(1, 201):
+            recorder.progress(completed_nodes=number)
+        assert recorder.execution.last_seq == 201
+        assert Event.objects.filter(execution_id=recorder.execution_id).count() == 1
+    writes = [q["sql"] for q in queries if not q["sql"].startswith("SELECT COUNT")]
+    # SAVEPOINT-free: lock, one UPDATE of the execution, one INSERT of 200 events.
+    assert len([sql for sql in writes if sql.startswith(("UPDATE", "INSERT"))]) == 2
+    events = logged(recorder.execution_id)
+    assert [event.seq for event in events] == list(range(1, 202))
+    assert [json.loads(e.data)["completed_nodes"] for e in events[1:]] == list(range(1, 201))
+    assert recorder.execution.last_seq == 201
+    assert publisher.flush(10)
+    assert sent == [(recorder.execution_id, seq) for seq in range(1, 202)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_error_in_a_batch_records_none_of_its_events(user, held_layer):
+    release, sent = held_layer
+    release.set()
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_batch")
+    recorder.start()
+    with pytest.raises(Rollback), recorder.batch():
+        recorder.progress(completed_nodes=1, total_nodes=2)
+        with recorder.node("half", "transform") as node:
+            node.outputs = {}
+        raise Rollback
+    assert [event.seq for event in logged(recorder.execution_id)] == [1]
+    assert not NodeRun.objects.filter(execution_id=recorder.execution_id).exists()
+    assert recorder.execution.last_seq == 1
+    assert publisher.flush(10)
+    assert sent == [(recorder.execution_id, 1)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_may_hold_node_runs_and_the_terminal_event(user):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_batch", total_nodes=2)
+    with recorder.batch():
+        recorder.start()
+        for node_id in ("a", "b"):
+            with recorder.node(node_id, "transform") as node:
+                node.outputs = {"node": node_id}
+        recorder.complete({"nodes": 2})
+    types = [event.type for event in logged(recorder.execution_id)]
+    assert types == [
+        "execution:started",
+        "node:started",
+        "node:completed",
+        "execution:progress",
+        "node:started",
+        "node:completed",
+        "execution:progress",
+        "execution:completed",
+    ]
+    assert recorder.execution.status == Status.COMPLETED
+    with pytest.raises(ExecutionFinished), recorder.batch():
+        recorder.progress(completed_nodes=2)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_batches_and_single_events_share_one_gapless_sequence(user):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_parallel")
+    recorder.start()
+    writers, per_writer = 4, 50
+    barrier = threading.Barrier(writers)
+    errors = []
+
+    def write(number):
+        try:
+            own = ExecutionRecorder(recorder.execution_id)
+            barrier.wait()
+            for start in range(0, per_writer, 10):
+                if number % 2:
+                    with own.batch():
+                        for step in range(start, start + 10):
+                            own.progress(completed_nodes=number * per_writer + step)
+                else:
+                    for step in range(start, start + 10):
+                        own.progress(completed_nodes=number * per_writer + step)
+        except Exception as exc:
+            errors.append(exc)
+        finally:
+            connections.close_all()
+
+    threads = [threading.Thread(target=write, args=(number,)) for number in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+
+    assert errors == []
+    events = logged(recorder.execution_id)
+    assert [event.seq for event in events] == list(range(1, 202))
+    assert sorted(json.loads(event.data)["completed_nodes"] for event in events[1:]) == list(
+        range(200)
+    )

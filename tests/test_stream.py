@@ -468,13 +468,12 @@ async def test_replay_and_gap_filling_read_the_log_in_batches(
 async def test_messages_dropped_by_the_layer_are_filled_in_from_the_log(
     user, raw_key, connect, no_polling, layer, monkeypatch
 ):
-    publish = recorder_module.publish
+    publish_all = recorder_module.publish_all
 
-    def publish_even_only(msg):
-        if msg["seq"] % 2 == 0:
-            publish(msg)
+    def publish_even_only(msgs):
+        publish_all([msg for msg in msgs if msg["seq"] % 2 == 0])
 
-    monkeypatch.setattr(recorder_module, "publish", publish_even_only)
+    monkeypatch.setattr(recorder_module, "publish_all", publish_even_only)
     recorder = await db(running, user)
     stream = await connect(recorder.execution_id, raw_key)
     await stream.wait_for(lambda s: s.ids == [1])
