@@ -36,6 +36,12 @@ CONFIG_DEFAULTS = {
     # Whether executions.asgi.get_asgi_application() tunes the process's garbage
     # collector for thousands of open streams (see executions.asgi.tune_gc).
     "TUNE_GC": True,
+    # Threads of each kind of the streams' database work, apart from each other and from
+    # the rest of the site's: opening streams (the grant, the execution, the first replay
+    # batch), reading the log (replays, gap filling), re-checking open streams' grants.
+    # A slow query of one kind never holds up another: a revoked key ends its streams on
+    # time while replays wait on a locked table. Each thread may hold a connection.
+    "DATABASE_THREADS": {"open": 4, "log": 4, "check": 1},
     # Whether executions.asgi.StreamingASGIHandler serves every async view, not only the
     # event stream, outside Django's per-request thread context (see its docstring).
     "THREAD_FREE_ASYNC_VIEWS": False,

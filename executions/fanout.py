@@ -17,9 +17,7 @@ import weakref
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from apikeys.asyncdb import run_in_short_session
-
-from . import messages
+from . import messages, sessions
 from .conf import get_config
 from .log import log_batches
 
@@ -33,6 +31,10 @@ RETRY_DELAY = 1.0
 TICKS_PER_KEEPALIVE = 4
 
 
+class StreamEnded(Exception):
+    """The stream must end now: its client is too slow, or its grant is void."""
+
+
 class Subscription:
     """One open stream's share of a topic: the events delivered to it and not yet taken.
 
@@ -41,6 +43,7 @@ class Subscription:
     """
 
     __slots__ = (
+        "after_terminal",
         "ended",
         "from_seq",
         "grant",
@@ -51,11 +54,11 @@ class Subscription:
         "waiter",
     )
 
-    def __init__(self, grant, scopes, from_seq):
+    def __init__(self, grant, scopes, from_seq, after_terminal=False):
         self.grant, self.scopes = grant, frozenset(scopes)
         # Every event after this one reaches the subscription; those up to it are the
-        # log's to give.
-        self.from_seq = from_seq
+        # log's to give. No event follows it if it was the terminal one.
+        self.from_seq, self.after_terminal = from_seq, after_terminal
         self.items = []
         self.waiter = None
         self.ended = False  # the stream must end: its client is too slow, or its grant is void
@@ -89,6 +92,24 @@ class Subscription:
         finally:
             self.waiter = None
 
+    async def guard(self, awaitable):
+        """Await ``awaitable`` (a read of the log) unless the stream must end first: then
+        give it up, its thread finishing on its own, and raise ``StreamEnded``."""
+        task = asyncio.ensure_future(awaitable)
+        try:
+            while not task.done():
+                if self.ended:
+                    raise StreamEnded
+                self.waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await asyncio.wait({task, self.waiter}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    self.waiter = None
+        except BaseException:
+            task.cancel()
+            raise
+        return task.result()
+
     def take(self):
         """Return the items delivered since the last call, oldest first."""
         items, self.items = self.items, []
@@ -106,6 +127,7 @@ class Topic:
         self.subscriptions = set()
         self.inbox = asyncio.Queue()
         self.last_seq = last_seq
+        self.finished = False  # the terminal event was delivered
         self.pending = []  # delivered, not yet handed to the streams
         self.flush_handle = None
         self.last_flush = 0.0
@@ -173,6 +195,7 @@ class Topic:
         if item.seq != self.last_seq + 1:
             return
         self.last_seq = item.seq
+        self.finished = item.is_terminal
         self.pending.append(item)
         if self.flush_handle is None:
             loop = asyncio.get_running_loop()
@@ -223,7 +246,7 @@ class Hub:
         topic = self.topics.get(execution_id)
         if topic is None:
             topic = self.topics[execution_id] = Topic(self, execution_id, last_seq)
-        subscription = Subscription(grant, scopes, topic.last_seq)
+        subscription = Subscription(grant, scopes, topic.last_seq, topic.finished)
         topic.subscriptions.add(subscription)
         try:
             await topic.ready.wait()
@@ -362,8 +385,8 @@ class Hub:
             by_kind.setdefault(type(subscription.grant), []).append(subscription)
         for kind, of_kind in by_kind.items():
             try:
-                held = await run_in_short_session(
-                    kind.current_scopes, [subscription.grant for subscription in of_kind]
+                held = await sessions.run(
+                    "check", kind.current_scopes, [subscription.grant for subscription in of_kind]
                 )
             except Exception as exc:
                 # The database is unreachable: keep streaming what was recorded before.

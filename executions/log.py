@@ -3,8 +3,7 @@ replay and gap filling, and a topic's catching up, alike."""
 
 from dataclasses import dataclass
 
-from apikeys.asyncdb import run_in_short_session
-
+from . import sessions
 from .conf import get_config
 from .events import TERMINAL_EVENTS, frame
 from .models import Event
@@ -53,11 +52,15 @@ def is_last_batch(batch):
     return len(batch) < get_config()["REPLAY_BATCH_SIZE"] or batch[-1].is_terminal
 
 
-async def log_batches(execution_id, after, until=None):
+async def log_batches(execution_id, after, until=None, guard=None):
     """Yield the logged events after ``after`` (up to ``until``) in ``read_batch()``
-    batches, each read in a short database session, ending at a terminal event."""
+    batches, each read in a short database session, ending at a terminal event.
+
+    ``guard(read)``, when given, awaits each read for the caller (and may give it up).
+    """
     while True:
-        batch = await run_in_short_session(read_batch, execution_id, after, until)
+        read = sessions.run("log", read_batch, execution_id, after, until)
+        batch = await (read if guard is None else guard(read))
         if not batch:
             return
         yield batch

@@ -5,7 +5,6 @@ import time
 
 from django.http import HttpResponse
 
-from apikeys.asyncdb import run_in_short_session
 from apikeys.auth import check_scopes
 from apikeys.exceptions import (
     MethodNotAllowed,
@@ -14,9 +13,10 @@ from apikeys.exceptions import (
     answers_api_errors,
 )
 
+from . import sessions
 from .asgi import EventStreamResponse, streams_events
 from .events import KEEPALIVE_FRAME, opening_frames
-from .fanout import get_hub
+from .fanout import StreamEnded, get_hub
 from .grants import grant_for_request
 from .log import is_last_batch, log_batches, read_batch
 from .models import Execution
@@ -74,7 +74,7 @@ def open_stream(request, execution_id):
 @streams_events
 @answers_api_errors
 async def execution_events(request, execution_id):
-    opening = await run_in_short_session(open_stream, request, execution_id)
+    opening = await sessions.run("open", open_stream, request, execution_id)
     if opening.first_batch is None:
         # The client has the terminal event; 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
@@ -107,12 +107,17 @@ async def event_stream(opening):
         subscription.last_write = time.monotonic()
         yield start
         del start
-        async for batch in history(execution_id, last_sent, read_on, subscription.from_seq):
+        replay = history(
+            execution_id, last_sent, read_on, subscription.from_seq, subscription.guard
+        )
+        async for batch in replay:
             subscription.last_write = time.monotonic()
             yield b"".join(item.frame for item in batch)
             last_sent = batch[-1].seq
             if batch[-1].is_terminal:
                 return
+        if subscription.after_terminal:
+            return  # it ended before this stream subscribed (its Last-Event-ID is beyond)
         while True:
             await subscription.wait()
             if subscription.ended:
@@ -122,9 +127,17 @@ async def event_stream(opening):
             finished = False
             for item in subscription.take():
                 if item.seq <= last_sent:
+                    if item.is_terminal:
+                        # A Last-Event-ID beyond the log: the client claims more than was
+                        # recorded, and the execution has now ended all the same.
+                        finished = True
+                        break
                     continue
                 if item.seq > last_sent + 1:
-                    async for batch in log_batches(execution_id, last_sent, until=item.seq - 1):
+                    gap = log_batches(
+                        execution_id, last_sent, until=item.seq - 1, guard=subscription.guard
+                    )
+                    async for batch in gap:
                         frames.extend(logged.frame for logged in batch)
                         last_sent = batch[-1].seq
                 frames.append(item.frame)
@@ -139,19 +152,21 @@ async def event_stream(opening):
                 yield b"".join(frames)
             if finished:
                 return
+    except StreamEnded:
+        return  # while it waited on the log
     finally:
         hub.unsubscribe(execution_id, subscription)
 
 
-async def history(execution_id, after, read_on, through):
+async def history(execution_id, after, read_on, through, guard):
     """Yield the logged events after ``after`` in batches: all of them if ``read_on``
     (the first batch was full), else those up to ``through``."""
     if read_on:
-        async for batch in log_batches(execution_id, after):
+        async for batch in log_batches(execution_id, after, guard=guard):
             yield batch
             after = batch[-1].seq
             if batch[-1].is_terminal:
                 return
     if after < through:
-        async for batch in log_batches(execution_id, after, until=through):
+        async for batch in log_batches(execution_id, after, until=through, guard=guard):
             yield batch

@@ -22,8 +22,8 @@ from django.utils import timezone
 
 from apikeys.asyncdb import run_in_short_session as db
 from apikeys.models import APIKey
-from executions import fanout
 from executions import recorder as recorder_module
+from executions import sessions
 from executions.fanout import Hub, get_hub
 from executions.models import Event, Execution
 from executions.recorder import ExecutionRecorder
@@ -286,6 +286,46 @@ async def test_keepalives_go_on_while_the_key_check_waits_on_the_database(user, 
     await db(recorder.complete)
     await stream.end()
     assert stream.ids == [1, 2]
+
+
+async def test_a_revoked_key_ends_its_stream_on_time_while_replays_wait_on_a_locked_log(
+    user, make_key, connect, settings
+):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "REPLAY_BATCH_SIZE": 2}
+    key, raw = await db(make_key)
+    _, other_raw = await db(make_key)
+    watched, busy = await db(running, user), await db(running, user, events=6)
+    stream = await connect(watched.execution_id, raw)
+    await stream.wait_for(lambda s: s.ids == [1])
+    async with await psycopg.AsyncConnection.connect(database_url()) as locker:
+        await locker.execute(f"LOCK TABLE {Event._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        # More replays than the stream-opening threads: all of them wait on the lock.
+        replays = [
+            asyncio.create_task(get(busy.execution_id, other_raw, **{"Last-Event-ID": "0"}))
+            for _ in range(8)
+        ]
+        await db(key.revoke)
+        await stream.end(within=10 * KEEPALIVE)
+        assert not any(replay.done() for replay in replays)  # the lock held all along
+        await locker.rollback()
+    for response in await asyncio.gather(*replays):
+        replayed = Stream(response)
+        await replayed.wait_for(lambda s: s.ids == [1, 2, 3, 4, 5, 6])
+        await replayed.close()
+
+
+async def test_a_last_event_id_beyond_the_log_ends_the_stream_at_the_terminal_event(
+    user, raw_key, connect
+):
+    recorder = await db(running, user)
+    stream = await connect(recorder.execution_id, raw_key, **{"Last-Event-ID": "100"})
+    await db(recorder.progress, completed_nodes=1, total_nodes=2)
+    await db(recorder.complete)
+    body = await stream.end()
+    assert stream.ids == []
+    assert body.startswith(b"retry: 3000\n\nevent: connected\n")
+    reconnect = await get(recorder.execution_id, raw_key, **{"Last-Event-ID": "100"})
+    assert reconnect.status_code == 204
 
 
 KEY_CHANGES = {
@@ -585,19 +625,20 @@ async def test_a_client_that_leaves_while_its_stream_subscribes_leaves_nothing_b
     await eventually(hub_is_idle)
 
 
-async def test_a_database_error_as_the_stream_subscribes_does_not_wedge_the_execution(
+async def test_a_database_error_as_a_new_topic_catches_up_does_not_wedge_the_execution(
     user, raw_key, connect, monkeypatch
 ):
-    read = fanout.run_in_short_session
+    run = sessions.run
     calls = []
 
-    async def failing_once(func, *args, **kwargs):
-        calls.append(func)
-        if len(calls) == 1:
-            raise OperationalError("the database went away")
-        return await read(func, *args, **kwargs)
+    async def first_log_read_fails(kind, func, *args):
+        if kind == "log":
+            calls.append(func)
+            if len(calls) == 1:
+                raise OperationalError("the database went away")
+        return await run(kind, func, *args)
 
-    monkeypatch.setattr(fanout, "run_in_short_session", failing_once)
+    monkeypatch.setattr(sessions, "run", first_log_read_fails)
     recorder = await db(running, user)
     first = await connect(recorder.execution_id, raw_key)
     second = await connect(recorder.execution_id, raw_key)
