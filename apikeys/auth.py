@@ -3,7 +3,7 @@ the async views' decorator and the event stream."""
 
 from functools import wraps
 
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_ipv46_address
 from django.utils import timezone
 
@@ -15,6 +15,7 @@ from .exceptions import (
     InsufficientScope,
     InvalidAPIKey,
     RevokedAPIKey,
+    ValidationError,
     answers_api_errors,
 )
 from .models import APIKey
@@ -29,14 +30,19 @@ def raw_key_from(request, header=HEADER, keyword=KEYWORD):
     A ``keyword`` credential that does not start like one of ours (``fm_``) belongs to
     another scheme, a host's own tokens for example, and is left to it.
     """
-    key = request.headers.get(header)
-    if key:
-        return key.strip()
+    key = (request.headers.get(header) or "").strip() or None
     scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
     credential = credential.strip()
+    bearer = None
     if scheme.lower() == keyword.lower() and credential.startswith(keys.FAMILY_PREFIX):
-        return credential
-    return None
+        bearer = credential
+    if key and bearer and key != bearer:
+        # RFC 6750 section 2: a client must not send credentials more than one way.
+        raise ValidationError(
+            f"The request sends two different API keys ({header} and Authorization).",
+            details={"headers": [header, "Authorization"]},
+        )
+    return key or bearer
 
 
 def find_key(raw):
@@ -71,7 +77,7 @@ def client_ip(request):
     address = request.META.get("REMOTE_ADDR")
     try:
         validate_ipv46_address(address)
-    except ValidationError:
+    except DjangoValidationError:
         return None
     return address
 

@@ -4,7 +4,9 @@ and the DRF exception handler that answers every error, even a crash, in the env
 import logging
 from functools import wraps
 
+from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
@@ -92,6 +94,12 @@ class MethodNotAllowed(APIError):
     default_detail = "This endpoint does not allow this method."
 
 
+class PayloadTooLarge(APIError):
+    status_code = status.HTTP_413_REQUEST_ENTITY_TOO_LARGE
+    default_code = "validation_error"
+    default_detail = "The request body is too large."
+
+
 class RateLimitExceeded(APIError):
     status_code = status.HTTP_429_TOO_MANY_REQUESTS
     default_code = "rate_limit_exceeded"
@@ -119,6 +127,8 @@ def as_api_error(exc):
         return exc
     if isinstance(exc, Http404):
         return ResourceNotFound()
+    if isinstance(exc, RequestDataTooBig):
+        return PayloadTooLarge(details={"limit_bytes": settings.DATA_UPLOAD_MAX_MEMORY_SIZE})
     if isinstance(exc, drf_exceptions.ValidationError):
         return ValidationError("The request is not valid.", details=exc.detail)
     if isinstance(exc, drf_exceptions.ParseError):

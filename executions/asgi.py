@@ -7,10 +7,14 @@ import gc
 import django
 from asgiref.sync import iscoroutinefunction, sync_to_async
 from django.core import signals
-from django.core.exceptions import RequestAborted
+from django.core.exceptions import DisallowedHost, RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import StreamingHttpResponse
 from django.urls import Resolver404, get_resolver, set_script_prefix
+
+from apikeys.exceptions import ValidationError
+from apikeys.middleware import APIMiddleware
+from apikeys.responses import error_response as error_response_for
 
 from .conf import get_config
 
@@ -86,6 +90,30 @@ class StreamingASGIHandler(ASGIHandler):
             outcome = not_found
         scope[RESOLVED] = (path, outcome)
         return getattr(outcome, "func", None)
+
+    def create_request(self, scope, body_file):
+        """``ASGIHandler.create_request()``, except that a request to this app's API whose
+        ``Host`` the site does not allow is answered in the API's JSON envelope, not with
+        the site's HTML 400 page."""
+        request, error_response = super().create_request(scope, body_file)
+        if request is not None and self.is_api_request(scope):
+            try:
+                request.get_host()
+            except DisallowedHost:
+                error = ValidationError(
+                    "The request's Host header is not one this site serves.",
+                    details={"field": "Host"},
+                )
+                APIMiddleware.process_request(request)
+                response = error_response_for(request, error)
+                return None, APIMiddleware.process_response(request, response)
+        return request, error_response
+
+    @staticmethod
+    def is_api_request(scope):
+        """Whether the path resolved to a view of this app's API URLconf."""
+        _, outcome = scope.get(RESOLVED, (None, None))
+        return "executions" in getattr(outcome, "app_names", ())
 
     def resolve_request(self, request):
         """``BaseHandler.resolve_request()``, reusing ``__call__``'s resolution unless a

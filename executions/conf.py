@@ -30,6 +30,9 @@ CONFIG_DEFAULTS = {
     ],
     # Seconds a stream token (POST .../stream-token) may be used to open a stream.
     "STREAM_TOKEN_TTL": 300,
+    # The largest event a producer may record, in bytes of its data line: a larger one is
+    # refused (ValueError) before anything is recorded.
+    "MAX_EVENT_BYTES": 1_048_576,
     # Events a slow stream may have queued before it is closed (the client reconnects
     # with Last-Event-ID and resumes from the log).
     "STREAM_QUEUE_SIZE": 1000,

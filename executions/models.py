@@ -9,6 +9,9 @@ def new_execution_id():
     return f"exec_{secrets.token_urlsafe(16)}"
 
 
+ID_LENGTH = 40
+
+
 class Status(models.TextChoices):
     PENDING = "pending", "Pending"
     RUNNING = "running", "Running"
@@ -26,6 +29,13 @@ class Mode(models.TextChoices):
 
 
 class ExecutionQuerySet(models.QuerySet):
+    def with_id(self, execution_id):
+        """The execution ``execution_id`` among these; none for an id that no execution
+        can have (too long, or holding a NUL, which PostgreSQL cannot even compare)."""
+        if len(execution_id) > ID_LENGTH or "\x00" in execution_id:
+            return self.none()
+        return self.filter(pk=execution_id)
+
     def visible_to(self, viewer):
         """Executions ``viewer`` (an API key or a stream's grant) may see: those of its
         ``owner_id`` in its ``mode``, where None stands for every owner or both modes."""
@@ -38,7 +48,9 @@ class ExecutionQuerySet(models.QuerySet):
 
 
 class Execution(models.Model):
-    id = models.CharField(primary_key=True, max_length=40, default=new_execution_id, editable=False)
+    id = models.CharField(
+        primary_key=True, max_length=ID_LENGTH, default=new_execution_id, editable=False
+    )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="executions"
     )

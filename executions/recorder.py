@@ -21,12 +21,45 @@ from asgiref.sync import sync_to_async
 from django.db import transaction
 from django.utils import timezone
 
+from apikeys.payloads import storable_text, unstorable
 from apikeys.responses import format_timestamp
 
 from . import events, messages
+from .conf import get_config
 from .log import Item
 from .models import Event, Execution, NodeRun, Status
 from .publisher import publish_all
+
+# The largest value a PositiveIntegerField holds on every supported database.
+MAX_TOTAL_NODES = 2_147_483_647
+ID_LENGTH = 100  # workflow ids, node ids and node types
+
+
+class UnstorableEvent(ValueError):
+    """Raised, before anything is recorded, for a payload the log cannot hold."""
+
+
+def check_storable(value, what):
+    """Raise ``UnstorableEvent`` unless ``value`` can be stored as JSON and sent."""
+    problem = unstorable(value)
+    if problem:
+        raise UnstorableEvent(f"{what} cannot be recorded: {problem}.")
+
+
+def check_identifier(value, what):
+    """Raise ``UnstorableEvent`` unless ``value`` is a storable string of at most 100."""
+    if not isinstance(value, str) or not value or len(value) > ID_LENGTH:
+        raise UnstorableEvent(f"{what} must be a string of 1 to {ID_LENGTH} characters.")
+    check_storable(value, what)
+
+
+def failure_text(error):
+    """The message an error (an exception or a string) is recorded with, storable
+    whatever it holds."""
+    text = str(error)
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    return storable_text(text)
 
 
 class ExecutionFinished(Exception):
@@ -76,6 +109,10 @@ class ExecutionRecorder:
     @classmethod
     def create(cls, *, owner, workflow_id, inputs=None, mode="live", total_nodes=None):
         """Create a pending execution (no event yet) and return its recorder."""
+        check_identifier(workflow_id, "The workflow id")
+        check_storable(inputs or {}, "The inputs")
+        if total_nodes is not None and not 0 <= total_nodes <= MAX_TOTAL_NODES:
+            raise UnstorableEvent(f"total_nodes must be between 0 and {MAX_TOTAL_NODES}.")
         execution = Execution.objects.create(
             owner=owner,
             workflow_id=workflow_id,
@@ -114,6 +151,12 @@ class ExecutionRecorder:
             execution.last_seq += 1
             seq = execution.last_seq
             data = events.encode_data(event_type, execution.pk, fields)
+            limit = get_config()["MAX_EVENT_BYTES"]
+            if len(data) > limit:
+                raise UnstorableEvent(
+                    f"The {event_type} event is {len(data)} bytes; the most is {limit} "
+                    "(EXECUTIONS['MAX_EVENT_BYTES'])."
+                )
             batch.events.append(Event(execution=execution, seq=seq, type=event_type, data=data))
             batch.items.append(Item(seq, event_type, events.frame(seq, event_type, data)))
         return execution
@@ -179,6 +222,8 @@ class ExecutionRecorder:
 
     def start_node(self, node_id, node_type):
         """Record ``node:started`` (``node()`` is the usual way in)."""
+        check_identifier(node_id, "A node id")
+        check_identifier(node_type, "A node type")
 
         def change(execution, now):
             if execution.status != Status.RUNNING:
@@ -217,6 +262,7 @@ class ExecutionRecorder:
 
     def complete_node(self, node_id, outputs=None):
         """Record ``node:completed`` and, when the total is known, ``execution:progress``."""
+        check_storable(outputs, f"The outputs of node {node_id!r}")
         self._finish_node(node_id, Status.COMPLETED, outputs=outputs)
         execution = self.execution
         if execution.total_nodes:
@@ -226,7 +272,7 @@ class ExecutionRecorder:
     def fail_node(self, node_id, error):
         """Record ``node:failed`` with the error message."""
         self.failed_node_id = node_id
-        return self._finish_node(node_id, Status.FAILED, error=str(error) or type(error).__name__)
+        return self._finish_node(node_id, Status.FAILED, error=failure_text(error))
 
     @contextlib.contextmanager
     def node(self, node_id, node_type):
@@ -243,6 +289,7 @@ class ExecutionRecorder:
 
     def complete(self, outputs=None):
         """Finish the execution successfully: ``execution:completed``."""
+        check_storable(outputs, "The execution's outputs")
 
         def change(execution, now):
             execution.status, execution.completed_at = Status.COMPLETED, now
@@ -261,7 +308,7 @@ class ExecutionRecorder:
 
         def change(execution, now):
             execution.status, execution.completed_at = Status.FAILED, now
-            execution.error = str(error)
+            execution.error = failure_text(error)
             close_running_nodes(execution, Status.FAILED, now, error=execution.error)
             return {
                 "status": Status.FAILED,

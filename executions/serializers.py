@@ -63,6 +63,9 @@ class WorkflowInputSerializer(serializers.Serializer):
     label = serializers.CharField()
     required = serializers.BooleanField()
     description = serializers.CharField()
+    default = serializers.JSONField(required=False)
+    minimum = serializers.FloatField(required=False, help_text="Inclusive bound.")
+    maximum = serializers.FloatField(required=False, help_text="Inclusive bound.")
 
 
 class WorkflowSerializer(serializers.Serializer):

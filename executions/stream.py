@@ -63,7 +63,7 @@ def open_stream(request, execution_id):
     if request.method != "GET":
         raise MethodNotAllowed(f'Method "{request.method}" not allowed.', headers={"Allow": "GET"})
     after = last_event_id(request) or 0
-    execution = Execution.objects.visible_to(grant).filter(pk=execution_id).first()
+    execution = Execution.objects.visible_to(grant).with_id(execution_id).first()
     if execution is None:
         raise ResourceNotFound("execution", execution_id)
     if execution.is_finished and after >= execution.last_seq:

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 
 from apikeys.exceptions import ResourceNotFound, ServiceUnavailable, ValidationError
 from apikeys.openapi import extend_scoped_schema
+from apikeys.payloads import unstorable_text
 from apikeys.responses import error_response, format_timestamp, success_body
 from apikeys.views import ScopedAPIView
 
@@ -47,7 +48,7 @@ def executions_for(request):
 
 
 def find_execution(request, execution_id):
-    execution = executions_for(request).filter(pk=execution_id).first()
+    execution = executions_for(request).with_id(execution_id).first()
     if execution is None:
         raise ResourceNotFound("execution", execution_id)
     return execution
@@ -141,6 +142,11 @@ class ExecutionList(ScopedAPIView):
         params = request.query_params
         workflow_id = params.get("workflow_id")
         if workflow_id:
+            if unstorable_text(workflow_id):
+                raise ValidationError(
+                    "workflow_id holds a character no workflow id has.",
+                    details={"workflow_id": "Must not hold a NUL or a lone surrogate."},
+                )
             executions = executions.filter(workflow_id=workflow_id)
         wanted_status = params.get("status")
         if wanted_status:
@@ -206,7 +212,7 @@ class ExecutionStreamToken(ScopedAPIView):
         responses=schema.envelope(StreamTokenSerializer, status_code=201),
     )
     def post(self, request, execution_id):
-        if not Execution.objects.visible_to(request.auth).filter(pk=execution_id).exists():
+        if not Execution.objects.visible_to(request.auth).with_id(execution_id).exists():
             raise ResourceNotFound("execution", execution_id)
         token, expires_at = mint(execution_id, request.auth)
         events = reverse("executions:execution-events", kwargs={"execution_id": execution_id})

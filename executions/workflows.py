@@ -26,7 +26,7 @@ from django.utils.module_loading import autodiscover_modules
 
 from apikeys.exceptions import ValidationError
 
-from .recorder import ExecutionFinished, ExecutionRecorder
+from .recorder import ExecutionFinished, ExecutionRecorder, UnstorableEvent
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,9 @@ class Input:
     required: bool = False
     description: str = ""
     default: object = None
+    # Bounds of an integer or number input, inclusive.
+    minimum: object = None
+    maximum: object = None
 
     def describe(self):
         described = {
@@ -55,16 +58,22 @@ class Input:
             "required": self.required,
             "description": self.description,
         }
-        if self.default is not None:
-            described["default"] = self.default
+        for name in ("default", "minimum", "maximum"):
+            if getattr(self, name) is not None:
+                described[name] = getattr(self, name)
         return described
 
-    def accepts(self, value):
+    def problem_with(self, value):
+        """Return what is wrong with ``value`` for this input, or None."""
         expected = INPUT_TYPES[self.type]
         # bool is an int in Python, but not an integer or number input.
-        return isinstance(value, expected) and not (
-            isinstance(value, bool) and self.type != "boolean"
-        )
+        if not isinstance(value, expected) or (isinstance(value, bool) and self.type != "boolean"):
+            return f"Expected {self.type}."
+        if self.minimum is not None and value < self.minimum:
+            return f"Must be at least {self.minimum}."
+        if self.maximum is not None and value > self.maximum:
+            return f"Must be at most {self.maximum}."
+        return None
 
 
 @dataclass(frozen=True)
@@ -93,8 +102,9 @@ class Workflow:
                 elif spec.default is not None:
                     cleaned[name] = spec.default
                 continue
-            if not spec.accepts(inputs[name]):
-                errors[name] = f"Expected {spec.type}."
+            problem = spec.problem_with(inputs[name])
+            if problem:
+                errors[name] = problem
                 continue
             cleaned[name] = inputs[name]
         for name in inputs.keys() - self.inputs.keys():
@@ -161,13 +171,16 @@ def get_workflow(workflow_id):
 def create_execution(workflow, *, owner, inputs, mode="live"):
     """Validate ``inputs`` and create a pending execution; return its recorder."""
     cleaned = workflow.clean_inputs(inputs)
-    return ExecutionRecorder.create(
-        owner=owner,
-        workflow_id=workflow.id,
-        inputs=cleaned,
-        mode=mode,
-        total_nodes=workflow.count_nodes(cleaned),
-    )
+    try:
+        return ExecutionRecorder.create(
+            owner=owner,
+            workflow_id=workflow.id,
+            inputs=cleaned,
+            mode=mode,
+            total_nodes=workflow.count_nodes(cleaned),
+        )
+    except UnstorableEvent as exc:
+        raise ValidationError(str(exc), details={"inputs": str(exc)}) from None
 
 
 def run_execution(execution_id):
@@ -190,13 +203,21 @@ def run_execution(execution_id):
             raise
         except Exception as exc:
             logger.exception("Execution %s failed", execution_id)
-            recorder.fail(str(exc) or type(exc).__name__, node_id=recorder.failed_node_id)
+            recorder.fail(exc, node_id=recorder.failed_node_id)
             return
         except BaseException as exc:
             # The worker is shutting down (SIGTERM, Ctrl-C): say so rather than leave the
             # execution running forever.
             recorder.fail(f"The worker stopped during the run ({type(exc).__name__}).")
             raise
-        recorder.complete(outputs)
+        try:
+            recorder.complete(outputs)
+        except ExecutionFinished:
+            raise
+        except Exception as exc:
+            # The outputs cannot be stored (not JSON, a NUL, too large) or the database
+            # refused them: the run ends failed all the same, and its streams end.
+            logger.exception("Execution %s: recording its outputs failed", execution_id)
+            recorder.fail(f"The workflow's outputs could not be recorded: {exc}")
     except ExecutionFinished as finished:
         logger.info("Execution %s stopped: it is %s.", execution_id, finished.status)

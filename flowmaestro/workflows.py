@@ -22,12 +22,27 @@ def demo_node_outputs(number, node_type):
     name="Demo pipeline",
     description="Runs a chain of AI, HTTP and transform nodes with a delay between them.",
     inputs={
-        "nodes": Input("integer", label="Nodes", description="How many nodes to run.", default=3),
+        "nodes": Input(
+            "integer",
+            label="Nodes",
+            description="How many nodes to run.",
+            default=3,
+            minimum=0,
+            maximum=1000,
+        ),
         "delay_ms": Input(
-            "integer", label="Delay (ms)", description="Time each node takes.", default=500
+            "integer",
+            label="Delay (ms)",
+            description="Time each node takes.",
+            default=500,
+            minimum=0,
+            maximum=60_000,
         ),
         "fail_at": Input(
-            "integer", label="Fail at", description="The number of a node that fails (from 1)."
+            "integer",
+            label="Fail at",
+            description="The number of a node that fails (from 1).",
+            minimum=1,
         ),
     },
     total_nodes=lambda inputs: inputs["nodes"],

@@ -57,7 +57,14 @@ class Exchange:
             "raw_path": path.encode(),
             "root_path": root_path,
             "query_string": query,
-            "headers": [(b"host", b"testserver"), *headers],
+            "headers": [
+                *(
+                    []
+                    if any(name == b"host" for name, _ in headers)
+                    else [(b"host", b"testserver")]
+                ),
+                *headers,
+            ],
             "client": ("127.0.0.1", 50000),
             "server": ("testserver", 80),
         }
@@ -307,3 +314,23 @@ def test_get_asgi_application_leaves_the_gc_alone_when_told_to(settings):
     assert isinstance(asgi.get_asgi_application(), StreamingASGIHandler)
     assert gc.get_freeze_count() == 0
     assert gc.get_threshold() == threshold
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("path", ["/api/v1/workflows", "/api/v1/executions/exec_x/events"])
+async def test_a_host_the_site_does_not_serve_gets_the_apis_envelope_not_a_page(handler, path):
+    exchange = Exchange(handler, path, [(b"host", b"evil.example")])
+    exchange = await exchange.finished()
+    assert exchange.start["status"] == 400
+    headers = dict(exchange.start["headers"])
+    assert headers[b"Content-Type"] == b"application/json"
+    body = json.loads(exchange.body)
+    assert body["error"]["code"] == "validation_error"
+    assert headers[b"X-Request-ID"].decode() == body["meta"]["request_id"]
+
+
+@pytest.mark.asyncio
+async def test_a_host_the_site_does_not_serve_gets_the_sites_own_answer_elsewhere(handler):
+    exchange = await Exchange(handler, "/admin/", [(b"host", b"evil.example")]).finished()
+    assert exchange.start["status"] == 400
+    assert dict(exchange.start["headers"])[b"Content-Type"].startswith(b"text/html")

@@ -174,12 +174,18 @@ def test_resource_components_have_the_contract_fields(schema):
     components = schema["components"]["schemas"]
 
     assert set(components["Workflow"]["properties"]) == WORKFLOW_FIELDS
-    assert set(components["WorkflowInput"]["properties"]) == {
+    workflow_input = components["WorkflowInput"]
+    # The contract's four, then what an input may add: its default and its bounds.
+    assert set(workflow_input["properties"]) == {
         "type",
         "label",
         "required",
         "description",
+        "default",
+        "minimum",
+        "maximum",
     }
+    assert set(workflow_input["required"]) == {"type", "label", "required", "description"}
     assert set(components["Execution"]["properties"]) == EXECUTION_FIELDS
     assert set(components["NodeRun"]["properties"]) == NODE_FIELDS
     assert set(components["ExecuteResponse"]["properties"]) == {
