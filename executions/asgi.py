@@ -26,17 +26,24 @@ RESOLVED = "executions.resolver_match"
 
 class EventStreamResponse(StreamingHttpResponse):
     """A ``text/event-stream`` response over an async iterator of frames (bytes), neither
-    cached nor buffered by proxies."""
+    cached nor buffered by proxies; ``on_close()`` runs when the server is done with it,
+    whether the frames were read or not (the handlers call ``close()`` in a thread)."""
 
-    def __init__(self, frames):
+    def __init__(self, frames, on_close=None):
         super().__init__(frames, content_type="text/event-stream")
-        self.frames = frames
+        self.frames, self.on_close = frames, on_close
         self["Cache-Control"] = "no-cache"
         self["X-Accel-Buffering"] = "no"
 
     def __aiter__(self):
         # The frames are bytes already: Django's mapping through make_bytes() is skipped.
         return aiter(self.frames)
+
+    def close(self):
+        super().close()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
 
 def streams_events(view):

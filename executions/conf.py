@@ -30,12 +30,16 @@ CONFIG_DEFAULTS = {
     ],
     # Seconds a stream token (POST .../stream-token) may be used to open a stream.
     "STREAM_TOKEN_TTL": 300,
+    # Streams one API key (its stream tokens included), or one user's sessions, may hold
+    # open at once, across all server processes (executions.slots); None: no limit.
+    "MAX_STREAMS_PER_KEY": 100,
     # The largest event a producer may record, in bytes of its data line: a larger one is
     # refused (ValueError) before anything is recorded.
     "MAX_EVENT_BYTES": 1_048_576,
-    # Events a slow stream may have queued before it is closed (the client reconnects
-    # with Last-Event-ID and resumes from the log).
+    # Events, and bytes of their frames, a slow stream may have queued before it is
+    # closed (the client reconnects with Last-Event-ID and resumes from the log).
     "STREAM_QUEUE_SIZE": 1000,
+    "STREAM_QUEUE_BYTES": 1_048_576,
     # Whether executions.asgi.get_asgi_application() tunes the process's garbage
     # collector for thousands of open streams (see executions.asgi.tune_gc).
     "TUNE_GC": True,

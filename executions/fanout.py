@@ -17,7 +17,7 @@ import weakref
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from . import messages, sessions
+from . import messages, sessions, slots
 from .conf import get_config
 from .log import log_batches
 
@@ -50,6 +50,7 @@ class Subscription:
         "items",
         "keepalive_due",
         "last_write",
+        "queued_bytes",
         "scopes",
         "waiter",
     )
@@ -60,13 +61,16 @@ class Subscription:
         # log's to give. No event follows it if it was the terminal one.
         self.from_seq, self.after_terminal = from_seq, after_terminal
         self.items = []
+        self.queued_bytes = 0  # of the frames in items
         self.waiter = None
         self.ended = False  # the stream must end: its client is too slow, or its grant is void
         self.keepalive_due = False
         self.last_write = time.monotonic()
 
-    def put(self, items):
+    def put(self, items, size):
+        """Queue ``items``, whose frames are ``size`` bytes together."""
         self.items.extend(items)
+        self.queued_bytes += size
         self.wake()
 
     def end(self):
@@ -113,6 +117,7 @@ class Subscription:
     def take(self):
         """Return the items delivered since the last call, oldest first."""
         items, self.items = self.items, []
+        self.queued_bytes = 0
         self.keepalive_due = False
         return items
 
@@ -206,11 +211,16 @@ class Topic:
         self.flush_handle = None
         self.last_flush = asyncio.get_running_loop().time()
         items, self.pending = self.pending, []
-        limit = get_config()["STREAM_QUEUE_SIZE"]
+        size = sum(len(item.frame) for item in items)
+        config = get_config()
+        limit, byte_limit = config["STREAM_QUEUE_SIZE"], config["STREAM_QUEUE_BYTES"]
         too_slow = []
         for subscription in self.subscriptions:
-            if len(subscription.items) + len(items) <= limit:
-                subscription.put(items)
+            queued = len(subscription.items)
+            # An empty queue takes any batch: an event is as large as MAX_EVENT_BYTES lets it.
+            fits = not queued or subscription.queued_bytes + size <= byte_limit
+            if fits and queued + len(items) <= limit:
+                subscription.put(items, size)
             else:
                 too_slow.append(subscription)
         for subscription in too_slow:
@@ -379,7 +389,12 @@ class Hub:
 
     async def end_invalid(self, subscriptions):
         """End the subscriptions whose grant is no longer valid or lacks their scopes: one
-        query per kind of grant, however many streams there are."""
+        query per kind of grant, however many streams there are. And tell the other
+        processes that this one's stream slots still count."""
+        try:
+            await sessions.run("check", slots.renew)
+        except Exception as exc:
+            logger.warning("Renewing this process's stream slots failed: %r", exc)
         by_kind = {}
         for subscription in subscriptions:
             by_kind.setdefault(type(subscription.grant), []).append(subscription)

@@ -34,15 +34,16 @@ class BaseGrant:
     - ``mode``: ``"live"`` or ``"test"``, the mode of the executions it sees; None for both.
     - ``scopes``: the scopes it holds, a tuple in the order they were granted.
     - ``display``: names it in logs, never with a secret (a key's prefix, a user's id).
+    - ``quota``: whom its open streams count against (``MAX_STREAMS_PER_KEY``), or None.
 
     Grants compare by identity: each open stream holds its own.
     """
 
-    __slots__ = ("display", "mode", "owner_id", "scopes")
+    __slots__ = ("display", "mode", "owner_id", "quota", "scopes")
 
-    def __init__(self, *, owner_id, mode, scopes, display):
+    def __init__(self, *, owner_id, mode, scopes, display, quota=None):
         self.owner_id, self.mode = owner_id, mode
-        self.scopes, self.display = tuple(scopes), display
+        self.scopes, self.display, self.quota = tuple(scopes), display, quota
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.display}>"
@@ -69,7 +70,11 @@ class APIKeyGrant(BaseGrant):
 
     def __init__(self, key):
         super().__init__(
-            owner_id=key.owner_id, mode=key.mode, scopes=key.scopes, display=f"key {key.prefix}"
+            owner_id=key.owner_id,
+            mode=key.mode,
+            scopes=key.scopes,
+            display=f"key {key.prefix}",
+            quota=f"key:{key.pk}",
         )
         self.key_id = key.pk
 
@@ -125,6 +130,7 @@ class SessionGrant(BaseGrant):
             mode=None,
             scopes=STREAM_SCOPES,
             display=f"session of user {user.pk}",
+            quota=f"user:{user.pk}",
         )
         self.user_id, self.is_staff, self.session_hash = user.pk, user.is_staff, session_hash
 

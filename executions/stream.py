@@ -13,7 +13,7 @@ from apikeys.exceptions import (
     answers_api_errors,
 )
 
-from . import sessions
+from . import sessions, slots
 from .asgi import EventStreamResponse, streams_events
 from .events import KEEPALIVE_FRAME, opening_frames
 from .fanout import StreamEnded, get_hub
@@ -43,11 +43,11 @@ def last_event_id(request):
 class Opening:
     """What a request to the stream found: who it is, what it streams, from where."""
 
-    __slots__ = ("after", "execution", "first_batch", "grant")
+    __slots__ = ("after", "execution", "first_batch", "grant", "slot")
 
-    def __init__(self, grant, execution, after, first_batch):
+    def __init__(self, grant, execution, after, first_batch=None, slot=None):
         self.grant, self.execution, self.after = grant, execution, after
-        self.first_batch = first_batch
+        self.first_batch, self.slot = first_batch, slot
 
 
 def open_stream(request, execution_id):
@@ -67,8 +67,9 @@ def open_stream(request, execution_id):
     if execution is None:
         raise ResourceNotFound("execution", execution_id)
     if execution.is_finished and after >= execution.last_seq:
-        return Opening(grant, execution, after, None)
-    return Opening(grant, execution, after, read_batch(execution.pk, after))
+        return Opening(grant, execution, after)
+    first_batch = read_batch(execution.pk, after)
+    return Opening(grant, execution, after, first_batch, slots.acquire(grant.quota))
 
 
 @streams_events
@@ -78,7 +79,8 @@ async def execution_events(request, execution_id):
     if opening.first_batch is None:
         # The client has the terminal event; 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
-    response = EventStreamResponse(event_stream(opening))
+    slot = opening.slot
+    response = EventStreamResponse(event_stream(opening), slot and slot.release)
     # GZipMiddleware would compress each frame on its own and double a stream's memory;
     # it leaves alone a response to a request that did not accept gzip.
     request.META.pop("HTTP_ACCEPT_ENCODING", None)

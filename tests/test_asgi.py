@@ -26,9 +26,10 @@ from apikeys.asyncdb import run_in_short_session as db
 from executions import asgi
 from executions.asgi import GC_YOUNG_THRESHOLD, StreamingASGIHandler, tune_gc
 from executions.fanout import get_hub
-from tests.hub import TIMEOUT, eventually, hub_is_idle
+from tests.hub import eventually, hub_is_idle
 from tests.live_server import events_url, expected_body, ids_of
 from tests.runs import completed_run, running
+from tests.streams import Exchange
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -37,76 +38,6 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def own_channel_layer(settings):
     """A channel layer of the test's own: each test runs its own event loop."""
     settings.CHANNEL_LAYERS = {**settings.CHANNEL_LAYERS}
-
-
-class Exchange:
-    """One request served by the handler, with the client's side of ``receive``/``send``."""
-
-    def __init__(self, handler, path, headers=(), query=b"", root_path=""):
-        self.messages = []
-        self.received = asyncio.Event()
-        self.gone = asyncio.Event()
-        self.requested = False
-        scope = {
-            "type": "http",
-            "asgi": {"version": "3.0"},
-            "http_version": "1.1",
-            "method": "GET",
-            "scheme": "http",
-            "path": path,
-            "raw_path": path.encode(),
-            "root_path": root_path,
-            "query_string": query,
-            "headers": [
-                *(
-                    []
-                    if any(name == b"host" for name, _ in headers)
-                    else [(b"host", b"testserver")]
-                ),
-                *headers,
-            ],
-            "client": ("127.0.0.1", 50000),
-            "server": ("testserver", 80),
-        }
-        self.task = asyncio.create_task(handler(scope, self.receive, self.send))
-
-    async def receive(self):
-        if not self.requested:
-            self.requested = True
-            return {"type": "http.request", "body": b"", "more_body": False}
-        await self.gone.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(self, message):
-        self.messages.append(message)
-        self.received.set()
-
-    @property
-    def start(self):
-        return self.messages[0]
-
-    @property
-    def body(self):
-        return b"".join(m.get("body", b"") for m in self.messages[1:])
-
-    @property
-    def complete(self):
-        last = self.messages[-1] if len(self.messages) > 1 else {}
-        return last.get("type") == "http.response.body" and not last.get("more_body", False)
-
-    async def wait_for(self, predicate):
-        async with asyncio.timeout(TIMEOUT):
-            while not predicate(self):
-                self.received.clear()
-                await self.received.wait()
-
-    async def disconnect(self):
-        self.gone.set()
-        await asyncio.wait_for(self.task, TIMEOUT)
-
-    async def finished(self):
-        await asyncio.wait_for(self.task, TIMEOUT)
-        return self
 
 
 @pytest.fixture
