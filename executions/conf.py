@@ -30,6 +30,11 @@ CONFIG_DEFAULTS = {
     ],
     # Seconds a stream token (POST .../stream-token) may be used to open a stream.
     "STREAM_TOKEN_TTL": 300,
+    # Seconds between the heartbeats of a process running a workflow (run_execution), and
+    # how old its last one may be before the execution is failed as abandoned (its worker
+    # was killed or lost): see executions.workflows.fail_abandoned().
+    "HEARTBEAT_INTERVAL": 5.0,
+    "HEARTBEAT_TIMEOUT": 30.0,
     # Streams one API key (its stream tokens included), or one user's sessions, may hold
     # open at once, across all server processes (executions.slots); None: no limit.
     "MAX_STREAMS_PER_KEY": 100,

@@ -20,6 +20,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from . import messages, sessions, slots
 from .conf import get_config
 from .log import log_batches
+from .workflows import fail_abandoned
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ class Hub:
         self.receiver = None
         self.ticker = None
         self.joined = set()
+        self.last_reaped = 0.0
 
     async def subscribe(self, execution_id, grant, scopes, last_seq):
         """Return a ``Subscription`` to the execution's events after its ``from_seq``, in
@@ -387,6 +389,18 @@ class Hub:
             if grant_check is not None:
                 grant_check.cancel()
 
+    async def fail_abandoned(self):
+        """Now and then, fail the executions whose worker stopped (and so end their
+        streams, here and everywhere)."""
+        now = time.monotonic()
+        if now - self.last_reaped < get_config()["HEARTBEAT_TIMEOUT"] / 2:
+            return
+        self.last_reaped = now
+        try:
+            await sessions.run("check", fail_abandoned)
+        except Exception as exc:
+            logger.warning("Failing abandoned executions failed: %r", exc)
+
     async def end_invalid(self, subscriptions):
         """End the subscriptions whose grant is no longer valid or lacks their scopes: one
         query per kind of grant, however many streams there are. And tell the other
@@ -395,6 +409,7 @@ class Hub:
             await sessions.run("check", slots.renew)
         except Exception as exc:
             logger.warning("Renewing this process's stream slots failed: %r", exc)
+        await self.fail_abandoned()
         by_kind = {}
         for subscription in subscriptions:
             by_kind.setdefault(type(subscription.grant), []).append(subscription)

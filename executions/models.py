@@ -66,6 +66,9 @@ class Execution(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
+    # When the process running the workflow (executions.workflows.run_execution) last
+    # said it is alive; None for executions recorded by other producers.
+    heartbeat_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = ExecutionQuerySet.as_manager()
 

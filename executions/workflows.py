@@ -18,17 +18,24 @@ Every installed app's ``workflows`` module is imported when the registry is firs
 """
 
 import logging
+import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.db import DatabaseError, connections
 from django.utils import timezone
 from django.utils.module_loading import autodiscover_modules
 
 from apikeys.exceptions import ValidationError
+from apikeys.responses import format_timestamp
 
+from .conf import get_config
+from .models import Execution, Status
 from .recorder import ExecutionFinished, ExecutionRecorder, UnstorableEvent
 
 logger = logging.getLogger(__name__)
+
+LIVE_STATUSES = (Status.PENDING, Status.RUNNING)
 
 INPUT_TYPES = {
     "string": str,
@@ -183,12 +190,81 @@ def create_execution(workflow, *, owner, inputs, mode="live"):
         raise ValidationError(str(exc), details={"inputs": str(exc)}) from None
 
 
+class Heartbeat:
+    """While a workflow runs, a thread writes its execution's ``heartbeat_at`` every
+    ``HEARTBEAT_INTERVAL`` seconds; ``fail_abandoned()`` fails an execution whose
+    heartbeats stopped, so a killed worker leaves no execution running forever."""
+
+    def __init__(self, execution_id):
+        self.execution_id = execution_id
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(
+            target=self.beat, name=f"heartbeat-{execution_id}", daemon=True
+        )
+
+    def __enter__(self):
+        self.write()
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stopped.set()
+        self.thread.join()
+
+    def write(self):
+        Execution.objects.filter(pk=self.execution_id, status__in=LIVE_STATUSES).update(
+            heartbeat_at=timezone.now()
+        )
+
+    def beat(self):
+        try:
+            while not self.stopped.wait(get_config()["HEARTBEAT_INTERVAL"]):
+                try:
+                    self.write()
+                except Exception as exc:  # the next beat tries again
+                    logger.warning("Heartbeat of %s failed: %r", self.execution_id, exc)
+        finally:
+            connections.close_all()
+
+
+def fail_abandoned(now=None):
+    """Fail every execution whose runner's heartbeats stopped more than
+    ``HEARTBEAT_TIMEOUT`` seconds ago; return their ids. Workers call it before each run,
+    server processes now and then, and ``manage.py failabandoned`` on demand."""
+    now = now or timezone.now()
+    cutoff = now - timedelta(seconds=get_config()["HEARTBEAT_TIMEOUT"])
+    abandoned = list(
+        Execution.objects.filter(status__in=LIVE_STATUSES, heartbeat_at__lt=cutoff).values_list(
+            "pk", "heartbeat_at"
+        )
+    )
+    failed = []
+    for execution_id, heartbeat_at in abandoned:
+        message = (
+            "The worker running this execution stopped (no heartbeat since "
+            f"{format_timestamp(heartbeat_at)}): it was killed or lost."
+        )
+        try:
+            ExecutionRecorder(execution_id).fail(message)
+        except ExecutionFinished:
+            continue
+        logger.warning("Execution %s abandoned by its worker: failed.", execution_id)
+        failed.append(execution_id)
+    return failed
+
+
 def run_execution(execution_id):
     """Run a pending execution's workflow to its end, recording everything.
 
     Cancellation stops the run at its next node boundary: the recorder refuses to record
     into a finished execution, and that refusal ends the run quietly.
     """
+    fail_abandoned()
+    with Heartbeat(execution_id):
+        _run(execution_id)
+
+
+def _run(execution_id):
     recorder = ExecutionRecorder(execution_id)
     execution = recorder.execution
     workflow = get_workflow(execution.workflow_id)
@@ -203,7 +279,11 @@ def run_execution(execution_id):
             raise
         except Exception as exc:
             logger.exception("Execution %s failed", execution_id)
-            recorder.fail(exc, node_id=recorder.failed_node_id)
+            error = exc
+            if isinstance(exc, DatabaseError):
+                # Most likely the connection was lost while the run recorded an event.
+                error = f"The database failed during the run: {exc}"
+            recorder.fail(error, node_id=recorder.failed_node_id)
             return
         except BaseException as exc:
             # The worker is shutting down (SIGTERM, Ctrl-C): say so rather than leave the

@@ -6,21 +6,31 @@ import asyncio
 import json
 import re
 import threading
-from datetime import UTC
+import time
+from datetime import UTC, timedelta
+from io import StringIO
 
 import pytest
 import pytest_asyncio
 from asgiref.sync import SyncToAsync, sync_to_async
 from channels.layers import get_channel_layer
+from django.core.management import call_command
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from apikeys.asyncdb import run_in_short_session
 from executions import publisher
 from executions.messages import group_name
 from executions.models import Event, Execution, NodeRun, Status
 from executions.recorder import ExecutionFinished, ExecutionRecorder
-from executions.workflows import create_execution, get_workflow, run_execution
+from executions.workflows import (
+    Workflow,
+    create_execution,
+    fail_abandoned,
+    get_workflow,
+    run_execution,
+)
 from flowmaestro.workflows import demo_node_outputs
 from tests.hub import eventually
 
@@ -746,3 +756,70 @@ def test_concurrent_batches_and_single_events_share_one_gapless_sequence(user):
     assert sorted(json.loads(event.data)["completed_nodes"] for event in events[1:]) == list(
         range(200)
     )
+
+
+# A worker that dies leaves no execution running forever.
+
+
+@pytest.fixture
+def heartbeat_settings(settings):
+    settings.EXECUTIONS = {
+        **settings.EXECUTIONS,
+        "HEARTBEAT_INTERVAL": 0.05,
+        "HEARTBEAT_TIMEOUT": 30.0,
+    }
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_running_workflow_writes_heartbeats(user, heartbeat_settings, monkeypatch):
+    beats = []
+
+    def slow(recorder, inputs):
+        first = recorder.execution.heartbeat_at
+        deadline = time.monotonic() + 10
+        while recorder.execution.heartbeat_at == first and time.monotonic() < deadline:
+            time.sleep(0.02)
+        beats.extend([first, recorder.execution.heartbeat_at])
+        return {}
+
+    workflow = Workflow(id="wf_slow", name="Slow", run=slow)
+    monkeypatch.setattr("executions.workflows.get_workflow", lambda workflow_id: workflow)
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_slow")
+    run_execution(recorder.execution_id)
+    assert beats[0] is not None
+    assert beats[1] > beats[0]
+    assert recorder.execution.status == Status.COMPLETED
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_execution_whose_heartbeats_stopped_is_failed_with_a_clear_error(user):
+    stale = ExecutionRecorder.create(owner=user, workflow_id="wf_abandoned")
+    stale.start()
+    fresh = ExecutionRecorder.create(owner=user, workflow_id="wf_alive")
+    fresh.start()
+    elsewhere = ExecutionRecorder.create(owner=user, workflow_id="wf_own_producer")
+    elsewhere.start()  # recorded by a producer of its own: no heartbeat at all
+    now = timezone.now()
+    Execution.objects.filter(pk=stale.execution_id).update(heartbeat_at=now - timedelta(minutes=5))
+    Execution.objects.filter(pk=fresh.execution_id).update(heartbeat_at=now)
+
+    assert fail_abandoned() == [stale.execution_id]
+
+    execution = stale.execution
+    assert execution.status == Status.FAILED
+    assert execution.error.startswith("The worker running this execution stopped")
+    assert logged(stale.execution_id)[-1].type == "execution:failed"
+    assert fresh.execution.status == elsewhere.execution.status == Status.RUNNING
+    assert fail_abandoned() == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_failabandoned_prints_the_executions_it_failed(user):
+    stale = ExecutionRecorder.create(owner=user, workflow_id="wf_abandoned")
+    stale.start()
+    Execution.objects.filter(pk=stale.execution_id).update(
+        heartbeat_at=timezone.now() - timedelta(minutes=5)
+    )
+    out = StringIO()
+    call_command("failabandoned", stdout=out, stderr=StringIO())
+    assert out.getvalue().split() == [stale.execution_id]
