@@ -54,6 +54,10 @@ CONFIG_DEFAULTS = {
     # A slow query of one kind never holds up another: a revoked key ends its streams on
     # time while replays wait on a locked table. Each thread may hold a connection.
     "DATABASE_THREADS": {"open": 4, "log": 4, "check": 1},
+    # Whether SIGTERM ends a server process's open streams at once (clients reconnect to
+    # another process) before the server's own graceful shutdown, which would otherwise
+    # wait for them to end (executions.fanout.end_streams_on_sigterm).
+    "END_STREAMS_ON_SIGTERM": True,
     # Whether executions.asgi.StreamingASGIHandler serves every async view, not only the
     # event stream, outside Django's per-request thread context (see its docstring).
     "THREAD_FREE_ASYNC_VIEWS": False,

@@ -12,6 +12,8 @@ stream, so an open stream waits on nothing but its own subscription.
 import asyncio
 import contextlib
 import logging
+import signal
+import threading
 import time
 import weakref
 
@@ -247,6 +249,7 @@ class Hub:
         self.ticker = None
         self.joined = set()
         self.last_reaped = 0.0
+        self.shutting_down = False
 
     async def subscribe(self, execution_id, grant, scopes, last_seq):
         """Return a ``Subscription`` to the execution's events after its ``from_seq``, in
@@ -259,6 +262,8 @@ class Hub:
         if topic is None:
             topic = self.topics[execution_id] = Topic(self, execution_id, last_seq)
         subscription = Subscription(grant, scopes, topic.last_seq, topic.finished)
+        if self.shutting_down:
+            subscription.end()
         topic.subscriptions.add(subscription)
         try:
             await topic.ready.wait()
@@ -281,7 +286,16 @@ class Hub:
         if not self.topics:
             self.stop()
 
+    def shut_down(self):
+        """End every stream of this process: the server is stopping, and its clients
+        reconnect (with Last-Event-ID) to another one."""
+        self.shutting_down = True
+        for topic in self.topics.values():
+            for subscription in topic.subscriptions:
+                subscription.end()
+
     def start(self):
+        end_streams_on_sigterm()
         if self.receiver is None and self.layer is not None:
             self.receiver = asyncio.create_task(self.receive_forever(), name="executions-hub")
         if self.ticker is None:
@@ -428,6 +442,34 @@ class Hub:
 
 
 _hubs = weakref.WeakKeyDictionary()
+_sigterm_chained = False
+
+
+def end_streams_on_sigterm():
+    """Have SIGTERM end the loop's streams at once, then reach the server's own handler.
+
+    ASGI servers stop gracefully on SIGTERM: they close their sockets, then wait for
+    every response to finish, and an event stream may last for hours. So the handler the
+    server installed is chained, once per process (``EXECUTIONS["END_STREAMS_ON_SIGTERM"]``):
+    streams end cleanly, clients reconnect elsewhere, and the server exits.
+    """
+    global _sigterm_chained
+    if not get_config()["END_STREAMS_ON_SIGTERM"] or _sigterm_chained:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers are set from the main thread only
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous):
+        return  # the server handles no SIGTERM of its own: it dies as it always did
+
+    def on_sigterm(signum, frame):
+        for hub_loop, hub in list(_hubs.items()):
+            if not hub_loop.is_closed():
+                hub_loop.call_soon_threadsafe(hub.shut_down)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    _sigterm_chained = True
 
 
 def get_hub():

@@ -393,3 +393,26 @@ def test_an_allowed_origin_may_call_the_api_and_stream_with_a_token(demo_server,
         f"{demo_server.url}{events_url(execution_id)}", headers={"Origin": "http://evil.test"}
     )
     assert "Access-Control-Allow-Origin" not in other.headers
+
+
+# Stopping a server process.
+
+
+@pytest.mark.parametrize("server", ["uvicorn", "daphne"])
+def test_sigterm_ends_a_servers_open_streams_at_once_and_the_server_exits(server, user, raw_key):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_shutdown")
+    recorder.start()
+    with live_server(server, EXECUTIONS_KEEPALIVE="5") as process:
+        streams = [open_stream(process, recorder.execution_id, raw_key) for _ in range(20)]
+        readers = [context.__enter__() for context in streams]
+        for reader in readers:
+            reader.read_until(lambda body: ids_of(body) == [1])
+        process.process.send_signal(signal.SIGTERM)
+        for reader in readers:
+            body = reader.read_until()  # the server ends each response cleanly
+            assert ids_of(body) == [1]
+        # Without the streams ended, a graceful server waits for them for as long as
+        # they last.
+        process.process.wait(10)
+        for context in streams:
+            context.__exit__(None, None, None)
