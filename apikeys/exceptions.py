@@ -13,6 +13,7 @@ from rest_framework import status
 from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 
+from .metrics import count_refusal
 from .responses import error_body, error_response
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,7 @@ def exception_handler(exc, context):
     if error is None:
         logger.exception("Unhandled error in %s", context.get("view"), exc_info=exc)
         error = InternalError()
+    count_refusal(error)
     response = Response(error_body(request._request, error), status=error.status_code)
     for name, value in error.headers.items():
         response[name] = value
@@ -175,6 +177,7 @@ def answers_api_errors(view):
         try:
             return await view(request, *args, **kwargs)
         except APIError as error:
+            count_refusal(error)
             return error_response(request, error)
         except Exception:
             logger.exception("Unhandled error in %s", view.__qualname__)

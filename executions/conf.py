@@ -58,6 +58,11 @@ CONFIG_DEFAULTS = {
     # another process) before the server's own graceful shutdown, which would otherwise
     # wait for them to end (executions.fanout.end_streams_on_sigterm).
     "END_STREAMS_ON_SIGTERM": True,
+    # Seconds the readiness check (executions.health) waits on PostgreSQL and on Redis.
+    "HEALTH_TIMEOUT": 2.0,
+    # A bearer secret that reads the metrics (executions.metrics.metrics_view) besides a
+    # staff session; None: staff sessions only.
+    "METRICS_TOKEN": None,
     # Whether executions.asgi.StreamingASGIHandler serves every async view, not only the
     # event stream, outside Django's per-request thread context (see its docstring).
     "THREAD_FREE_ASYNC_VIEWS": False,

@@ -19,7 +19,7 @@ import weakref
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
-from . import messages, sessions, slots
+from . import messages, metrics, sessions, slots
 from .conf import get_config
 from .log import log_batches
 from .workflows import fail_abandoned
@@ -32,6 +32,11 @@ RETRY_DELAY = 1.0
 # The ticker runs this many times per keepalive interval: a stream is never silent for
 # longer than the interval, and a key that may no longer read is noticed within it.
 TICKS_PER_KEEPALIVE = 4
+
+
+# Why a stream ends, as the metrics name it (executions_stream_closes_total).
+TERMINAL, CLIENT_LEFT = "terminal", "client_left"
+TOO_SLOW, GRANT_REVOKED, SHUTDOWN = "too_slow", "grant_revoked", "shutdown"
 
 
 class StreamEnded(Exception):
@@ -66,7 +71,7 @@ class Subscription:
         self.items = []
         self.queued_bytes = 0  # of the frames in items
         self.waiter = None
-        self.ended = False  # the stream must end: its client is too slow, or its grant is void
+        self.ended = None  # why the stream must end (end()), or None
         self.keepalive_due = False
         self.last_write = time.monotonic()
 
@@ -76,8 +81,10 @@ class Subscription:
         self.queued_bytes += size
         self.wake()
 
-    def end(self):
-        self.ended = True
+    def end(self, reason):
+        """End the stream: ``TOO_SLOW``, ``GRANT_REVOKED`` or ``SHUTDOWN``."""
+        if not self.ended:
+            self.ended = reason
         self.wake()
 
     def ask_for_keepalive(self):
@@ -214,6 +221,10 @@ class Topic:
         self.flush_handle = None
         self.last_flush = asyncio.get_running_loop().time()
         items, self.pending = self.pending, []
+        now = time.time()
+        for item in items:
+            if item.recorded_at:
+                metrics.DELIVERY_LAG.observe(now - item.recorded_at)
         size = sum(len(item.frame) for item in items)
         config = get_config()
         limit, byte_limit = config["STREAM_QUEUE_SIZE"], config["STREAM_QUEUE_BYTES"]
@@ -226,10 +237,11 @@ class Topic:
                 subscription.put(items, size)
             else:
                 too_slow.append(subscription)
+        metrics.LIVE.inc(len(items) * (len(self.subscriptions) - len(too_slow)))
         for subscription in too_slow:
             # The client resumes from the log when it reconnects with Last-Event-ID.
             self.subscriptions.discard(subscription)
-            subscription.end()
+            subscription.end(TOO_SLOW)
 
 
 class Hub:
@@ -263,7 +275,7 @@ class Hub:
             topic = self.topics[execution_id] = Topic(self, execution_id, last_seq)
         subscription = Subscription(grant, scopes, topic.last_seq, topic.finished)
         if self.shutting_down:
-            subscription.end()
+            subscription.end(SHUTDOWN)
         topic.subscriptions.add(subscription)
         try:
             await topic.ready.wait()
@@ -292,7 +304,7 @@ class Hub:
         self.shutting_down = True
         for topic in self.topics.values():
             for subscription in topic.subscriptions:
-                subscription.end()
+                subscription.end(SHUTDOWN)
 
     def start(self):
         end_streams_on_sigterm()
@@ -337,6 +349,7 @@ class Hub:
             self.joined.add(group)
         except Exception as exc:
             self.joined.discard(group)
+            metrics.LAYER_ERRORS.labels("join").inc()
             logger.warning("Joining channel-layer group %s failed: %r", group, exc)
 
     async def leave(self, group):
@@ -346,6 +359,7 @@ class Hub:
         try:
             await self.layer.group_discard(group, self.channel)
         except Exception as exc:
+            metrics.LAYER_ERRORS.labels("leave").inc()
             logger.warning("Leaving channel-layer group %s failed: %r", group, exc)
 
     async def receive_forever(self):
@@ -365,6 +379,7 @@ class Hub:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                metrics.LAYER_ERRORS.labels("receive").inc()
                 logger.warning("Channel layer receive failed, retrying: %r", exc)
                 # Redis may have restarted and forgotten every group: each topic polls
                 # fast from now on, and re-joins, until its group is joined again.
@@ -438,7 +453,7 @@ class Hub:
                 continue
             for subscription in of_kind:
                 if not subscription.scopes <= held.get(subscription.grant, frozenset()):
-                    subscription.end()
+                    subscription.end(GRANT_REVOKED)
 
 
 _hubs = weakref.WeakKeyDictionary()

@@ -16,6 +16,7 @@ class Item:
     seq: int
     event: str
     frame: bytes
+    recorded_at: float = 0.0  # a live event's commit time (time.time()); 0 from the log
 
     @property
     def is_terminal(self):

@@ -29,5 +29,7 @@ def parse(message):
     other message."""
     if message.get("type") != MESSAGE_TYPE:
         return None
-    item = Item(message["seq"], message["event"], message["frame"].encode())
+    item = Item(
+        message["seq"], message["event"], message["frame"].encode(), message.get("recorded_at", 0)
+    )
     return message["execution_id"], item

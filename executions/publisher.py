@@ -8,11 +8,13 @@ import asyncio
 import atexit
 import logging
 import threading
+import time
 import weakref
 
 from asgiref.sync import SyncToAsync
 from channels.layers import get_channel_layer
 
+from . import metrics
 from .conf import get_config
 from .messages import group_name
 
@@ -29,6 +31,7 @@ async def apublish(msg):
     try:
         await asyncio.wait_for(layer.group_send(group_name(msg["execution_id"]), msg), SEND_TIMEOUT)
     except Exception as exc:
+        metrics.LAYER_ERRORS.labels("send").inc()
         logger.warning(
             "Event %s#%s not sent to the channel layer (streams will read it from the log): %r",
             msg["execution_id"],
@@ -116,6 +119,7 @@ def publish(msg):
     after its transaction commits, so streams hear them in sequence order, and any that
     the layer loses are read from the log.
     """
+    msg["recorded_at"] = time.time()  # after the commit: the start of the delivery lag
     # Inside sync_to_async (a sync view or ORM call under ASGI) the server's loop is
     # known, and the layer's in-memory queues must be touched from that loop only.
     loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)

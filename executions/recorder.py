@@ -14,21 +14,30 @@ group only after that transaction commits. Sync methods have ``a``-prefixed asyn
 """
 
 import contextlib
+import logging
 import threading
+import time
 from functools import partial
 
 from asgiref.sync import sync_to_async
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from apikeys.payloads import storable_text, unstorable
 from apikeys.responses import format_timestamp
 
-from . import events, messages
+from . import events, messages, metrics
 from .conf import get_config
 from .log import Item
 from .models import Event, Execution, NodeRun, Status
 from .publisher import publish_all
+
+logger = logging.getLogger(__name__)
+
+# Seconds to wait before each new attempt at recording an execution's end when the
+# database connection was lost: a pool may hand out several connections the database
+# has dropped (each fails once), and a database that restarts takes a few seconds.
+END_RETRY_DELAYS = (0, 0.5, 1, 2, 4)
 
 # The largest value a PositiveIntegerField holds on every supported database.
 MAX_TOTAL_NODES = 2_147_483_647
@@ -78,6 +87,13 @@ def close_running_nodes(execution, status, now, error=None):
         run.status, run.completed_at, run.error = status, now, error
         run.duration_ms = round((now - run.started_at).total_seconds() * 1000)
         run.save(update_fields=["status", "completed_at", "error", "duration_ms"])
+
+
+def committed(msgs):
+    """Count the events just committed, and send them."""
+    for msg in msgs:
+        metrics.EVENTS_RECORDED.labels(msg["event"]).inc()
+    publish_all(msgs)
 
 
 class _Batch:
@@ -161,6 +177,31 @@ class ExecutionRecorder:
             batch.items.append(Item(seq, event_type, events.frame(seq, event_type, data)))
         return execution
 
+    def _record_end(self, event_type, change):
+        """``_record()`` for an event that ends the execution, again on a new connection
+        when the database connection was lost, so that a lost connection does not leave
+        the execution running forever, its streams open.
+
+        A retry cannot record a second end: if the lost attempt did commit, the next one
+        raises ``ExecutionFinished``. Inside a transaction (a ``batch()`` included)
+        nothing is retried: the caller's transaction is lost with its connection.
+        """
+        for delay in END_RETRY_DELAYS:
+            try:
+                return self._record(event_type, change)
+            except (OperationalError, InterfaceError) as exc:
+                if connection.in_atomic_block:
+                    raise
+                logger.warning(
+                    "Recording %s of %s failed (%r); retrying on a new connection.",
+                    event_type,
+                    self.execution_id,
+                    exc,
+                )
+                connection.close()  # back to its pool, which drops a broken connection
+                time.sleep(delay)
+        return self._record(event_type, change)
+
     @contextlib.contextmanager
     def batch(self):
         """Record the events of the ``with`` block in one transaction: the execution is
@@ -188,7 +229,7 @@ class ExecutionRecorder:
                 batch.execution.save()
                 Event.objects.bulk_create(batch.events)
                 msgs = [messages.build(batch.execution.pk, item) for item in batch.items]
-                transaction.on_commit(partial(publish_all, msgs))
+                transaction.on_commit(partial(committed, msgs))
 
     def start(self):
         """Move the execution from pending to running: ``execution:started``."""
@@ -301,7 +342,7 @@ class ExecutionRecorder:
                 "completed_at": format_timestamp(now),
             }
 
-        return self._record(events.EXECUTION_COMPLETED, change)
+        return self._record_end(events.EXECUTION_COMPLETED, change)
 
     def fail(self, error, node_id=None):
         """Finish the execution as failed: ``execution:failed``."""
@@ -317,7 +358,7 @@ class ExecutionRecorder:
                 "completed_at": format_timestamp(now),
             }
 
-        return self._record(events.EXECUTION_FAILED, change)
+        return self._record_end(events.EXECUTION_FAILED, change)
 
     def cancel(self):
         """Cancel a pending or running execution: ``execution:cancelled``."""
@@ -327,7 +368,7 @@ class ExecutionRecorder:
             close_running_nodes(execution, Status.CANCELLED, now)
             return {"status": Status.CANCELLED, "cancelled_at": format_timestamp(now)}
 
-        return self._record(events.EXECUTION_CANCELLED, change)
+        return self._record_end(events.EXECUTION_CANCELLED, change)
 
     # Async twins: the same transactions, run off the event loop.
     async def astart(self):

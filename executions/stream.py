@@ -3,7 +3,7 @@
 import re
 import time
 
-from django.http import HttpResponse
+from django.http import HttpResponse, QueryDict
 
 from apikeys.auth import check_scopes
 from apikeys.exceptions import (
@@ -13,16 +13,17 @@ from apikeys.exceptions import (
     answers_api_errors,
 )
 
-from . import sessions, slots
+from . import metrics, sessions, slots
 from .asgi import EventStreamResponse, streams_events
 from .events import KEEPALIVE_FRAME, opening_frames
-from .fanout import StreamEnded, get_hub
+from .fanout import CLIENT_LEFT, TERMINAL, StreamEnded, get_hub
 from .grants import grant_for_request
 from .log import is_last_batch, log_batches, read_batch
 from .models import Execution
 
 LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")
 SCOPES = ("executions:read",)
+MASKED = "********"  # stands for a token in a logged query string
 
 
 def last_event_id(request):
@@ -38,6 +39,21 @@ def last_event_id(request):
             details={"field": "Last-Event-ID", "value": raw[:100]},
         )
     return int(raw)
+
+
+def hide_token(request):
+    """Mask ``?token=`` in the request's query string once the stream has read it.
+
+    Django logs a request it answers with a 4xx or 5xx (``django.request``) after the view,
+    with the request on the record: its repr, and a 500's report (mail_admins), show the
+    query string, and the token is a credential.
+    """
+    if "token" not in request.GET:
+        return
+    query = request.GET.copy()
+    query.setlist("token", [MASKED for _ in query.getlist("token")])
+    request.META["QUERY_STRING"] = query.urlencode(safe="*")
+    request.GET = QueryDict(request.META["QUERY_STRING"])
 
 
 class Opening:
@@ -75,7 +91,11 @@ def open_stream(request, execution_id):
 @streams_events
 @answers_api_errors
 async def execution_events(request, execution_id):
-    opening = await sessions.run("open", open_stream, request, execution_id)
+    try:
+        opening = await sessions.run("open", open_stream, request, execution_id)
+    finally:
+        hide_token(request)
+    metrics.STREAM_OPENS.labels(type(opening.grant).__name__).inc()
     if opening.first_batch is None:
         # The client has the terminal event; 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
@@ -94,18 +114,25 @@ async def event_stream(opening):
     Subscribing comes before reading the rest of the log, so nothing falls between replay
     and live; sequence numbers drop the overlap and reveal any gap, which the log fills.
     """
+    metrics.OPEN_STREAMS.inc()
+    reason, subscription = CLIENT_LEFT, None
     execution, first = opening.execution, opening.first_batch
     execution_id = execution.pk
-    start = opening_frames(execution_id, execution.status) + b"".join(i.frame for i in first)
-    if first and first[-1].is_terminal:
-        yield start
-        return
-    last_sent = first[-1].seq if first else opening.after
-    read_on = bool(first) and not is_last_batch(first)
-    hub = get_hub()
-    subscription = await hub.subscribe(execution_id, opening.grant, SCOPES, execution.last_seq)
-    del opening, execution, first  # an open stream keeps none of them
     try:
+        start = opening_frames(execution_id, execution.status) + b"".join(i.frame for i in first)
+        replayed = len(first)
+        if first and first[-1].is_terminal:
+            reason = TERMINAL
+            metrics.REPLAY_SIZE.observe(replayed)
+            yield start
+            return
+        last_sent = first[-1].seq if first else opening.after
+        read_on = bool(first) and not is_last_batch(first)
+        hub = get_hub()
+        subscription = await hub.subscribe(
+            execution_id, opening.grant, SCOPES, execution.last_seq
+        )
+        del opening, execution, first  # an open stream keeps none of them
         subscription.last_write = time.monotonic()
         yield start
         del start
@@ -113,17 +140,23 @@ async def event_stream(opening):
             execution_id, last_sent, read_on, subscription.from_seq, subscription.guard
         )
         async for batch in replay:
+            replayed += len(batch)
             subscription.last_write = time.monotonic()
             yield b"".join(item.frame for item in batch)
             last_sent = batch[-1].seq
             if batch[-1].is_terminal:
+                reason = TERMINAL
                 return
+        metrics.REPLAY_SIZE.observe(replayed)
+        metrics.FROM_LOG.inc(replayed)
         if subscription.after_terminal:
-            return  # it ended before this stream subscribed (its Last-Event-ID is beyond)
+            reason = TERMINAL  # before this stream subscribed (its Last-Event-ID is beyond)
+            return
         while True:
             await subscription.wait()
             if subscription.ended:
-                return  # the client is too slow (it resumes from the log) or its grant is void
+                reason = subscription.ended
+                return
             keepalive_due = subscription.keepalive_due
             frames = []
             finished = False
@@ -140,6 +173,7 @@ async def event_stream(opening):
                         execution_id, last_sent, until=item.seq - 1, guard=subscription.guard
                     )
                     async for batch in gap:
+                        metrics.FROM_LOG.inc(len(batch))
                         frames.extend(logged.frame for logged in batch)
                         last_sent = batch[-1].seq
                 frames.append(item.frame)
@@ -153,11 +187,15 @@ async def event_stream(opening):
                 subscription.last_write = time.monotonic()
                 yield b"".join(frames)
             if finished:
+                reason = TERMINAL
                 return
     except StreamEnded:
-        return  # while it waited on the log
+        reason = subscription.ended  # while it waited on the log
     finally:
-        hub.unsubscribe(execution_id, subscription)
+        if subscription is not None:
+            hub.unsubscribe(execution_id, subscription)
+        metrics.OPEN_STREAMS.dec()
+        metrics.STREAM_CLOSES.labels(reason).inc()
 
 
 async def history(execution_id, after, read_on, through, guard):

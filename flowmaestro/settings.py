@@ -130,17 +130,19 @@ if importlib.util.find_spec("django.tasks") is None:
     INSTALLED_APPS.insert(INSTALLED_APPS.index("django_tasks_db"), "django_tasks")
 TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend"}}
 
-APIKEYS = {
-    "RATE_LIMIT_REDIS_URL": REDIS_URL,
-    # The contract serves test-mode traffic; a deployment that must not sets this to 0.
-    "ACCEPT_TEST_KEYS": os.environ.get("ACCEPT_TEST_KEYS", "1") == "1",
-}
+APIKEYS = {"RATE_LIMIT_REDIS_URL": REDIS_URL}
+# Test keys are accepted unless refused (the app's default). Set only from the environment,
+# so that a production site that says nothing is told to decide (check apikeys.W001).
+if "ACCEPT_TEST_KEYS" in os.environ:
+    APIKEYS["ACCEPT_TEST_KEYS"] = os.environ["ACCEPT_TEST_KEYS"] == "1"
 # FlowMaestro's official Python SDK reads streams with httpx's default 5 s read timeout,
 # so this site, which serves SDK clients, sends keepalives more often than the default 15 s.
 EXECUTIONS = {
     "KEEPALIVE_INTERVAL": 4.0,
     # The live pages (/executions/) sit in this site's own layout and navigation.
     "PAGE_BASE_TEMPLATE": "base.html",
+    # /metrics answers a staff session, or this bearer secret (a Prometheus scraper's).
+    "METRICS_TOKEN": os.environ.get("METRICS_TOKEN") or None,
 }
 
 # The live pages and the admin share the session: log in at either.

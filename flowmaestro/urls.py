@@ -10,4 +10,5 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(next_page="login"), name="logout"),
     path("executions/", include("executions.page_urls")),
     path("api/v1/", include("executions.urls")),
+    path("", include("executions.monitoring_urls")),  # /healthz, /readyz, /metrics
 ]

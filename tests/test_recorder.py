@@ -453,6 +453,7 @@ async def test_an_event_is_published_only_once_its_transaction_commits(listener)
 
     message = await next_message(layer, channel)
     event = await Event.objects.aget(execution_id=recorder.execution_id)
+    assert 0 < time.time() - message.pop("recorded_at") < 60  # when it was committed
     assert message == {
         "type": "execution.event",
         "execution_id": recorder.execution_id,
