@@ -4,14 +4,16 @@ import re
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
 
+from . import logs
 from .responses import REQUEST_ID_HEADER, request_id
 
 INCOMING_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,128}$")
 
 
 class APIMiddleware:
-    """Give each request an id (a well-formed incoming ``X-Request-ID`` is kept) and add
-    ``X-Request-ID`` and the ``X-RateLimit-*`` headers to its response.
+    """Give each request an id (a well-formed incoming ``X-Request-ID`` is kept), put it on
+    the request's log records (``apikeys.logs``), and add ``X-Request-ID`` and the
+    ``X-RateLimit-*`` headers to its response.
 
     Sync and async capable, so an async view (the event stream) runs without a thread.
     """
@@ -39,7 +41,7 @@ class APIMiddleware:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         if INCOMING_REQUEST_ID.match(incoming):
             request.request_id = incoming
-        request_id(request)
+        logs.request_id.set(request_id(request))
 
     @staticmethod
     def process_response(request, response):

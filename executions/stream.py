@@ -1,10 +1,12 @@
 """``GET <mount>/executions/:id/events``: an execution's events as server-sent events."""
 
+import logging
 import re
 import time
 
 from django.http import HttpResponse, QueryDict
 
+from apikeys import logs
 from apikeys.auth import check_scopes
 from apikeys.exceptions import (
     MethodNotAllowed,
@@ -20,6 +22,8 @@ from .fanout import CLIENT_LEFT, TERMINAL, StreamEnded, get_hub
 from .grants import grant_for_request
 from .log import is_last_batch, log_batches, read_batch
 from .models import Execution
+
+logger = logging.getLogger(__name__)
 
 LAST_EVENT_ID = re.compile(r"[0-9]{1,18}")
 SCOPES = ("executions:read",)
@@ -96,6 +100,7 @@ async def execution_events(request, execution_id):
     finally:
         hide_token(request)
     metrics.STREAM_OPENS.labels(type(opening.grant).__name__).inc()
+    logs.grant.set(opening.grant.display)
     if opening.first_batch is None:
         # The client has the terminal event; 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
@@ -118,6 +123,9 @@ async def event_stream(opening):
     reason, subscription = CLIENT_LEFT, None
     execution, first = opening.execution, opening.first_batch
     execution_id = execution.pk
+    logger.info(
+        "Stream opened", extra={"execution_id": execution_id, "last_event_id": opening.after}
+    )
     try:
         start = opening_frames(execution_id, execution.status) + b"".join(i.frame for i in first)
         replayed = len(first)
@@ -196,6 +204,7 @@ async def event_stream(opening):
             hub.unsubscribe(execution_id, subscription)
         metrics.OPEN_STREAMS.dec()
         metrics.STREAM_CLOSES.labels(reason).inc()
+        logger.info("Stream closed", extra={"execution_id": execution_id, "reason": reason})
 
 
 async def history(execution_id, after, read_on, through, guard):

@@ -164,17 +164,52 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
 
-# Production hardening that only makes sense behind TLS; the demo runs on plain HTTP.
+# Headers on every response (SecurityMiddleware, XFrameOptionsMiddleware); Django's
+# defaults, spelled out because the site relies on them. The live pages add their own
+# Content-Security-Policy (executions.pages).
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+# Production hardening that only makes sense behind TLS; the demo runs on plain HTTP.
+# docs/deployment.md#production-settings gives the environment `check --deploy` passes with.
 SESSION_COOKIE_SECURE = not DEBUG
 CSRF_COOKIE_SECURE = not DEBUG
 SECURE_SSL_REDIRECT = os.environ.get("SECURE_SSL_REDIRECT", "0") == "1"
 SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", "0"))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = os.environ.get("SECURE_HSTS_INCLUDE_SUBDOMAINS", "0") == "1"
+SECURE_HSTS_PRELOAD = os.environ.get("SECURE_HSTS_PRELOAD", "0") == "1"
+# Behind a proxy that terminates TLS: the header it sets to the original scheme, e.g.
+# X-Forwarded-Proto. Only where the proxy always sets it (and strips a client's own):
+# Django then takes a request with "https" in it for a secure one.
+if os.environ.get("SECURE_PROXY_SSL_HEADER"):
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + os.environ["SECURE_PROXY_SSL_HEADER"].upper().replace("-", "_"),
+        "https",
+    )
+# Origins allowed to POST forms (login, admin, cancel) besides the request's own host,
+# comma-separated with their scheme: https://admin.example.com.
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
+# One JSON line per record (LOG_FORMAT=json, the default with DEBUG off), each with the
+# request id of the request or stream that logged it and the grant's display name.
+LOG_FORMAT = os.environ.get("LOG_FORMAT", "text" if DEBUG else "json")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"context": {"()": "apikeys.logs.RequestContextFilter"}},
+    "formatters": {
+        "json": {"()": "apikeys.logs.JSONFormatter"},
+        "text": {"format": "%(levelname)s %(name)s [%(request_id)s] %(message)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "filters": ["context"],
+            "formatter": LOG_FORMAT,
+        }
+    },
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
     # Django's own console handler would print each of its records a second time.
     "loggers": {"django": {"handlers": [], "propagate": True}},

@@ -1,6 +1,10 @@
 """Health endpoints and Prometheus metrics (``executions.health``, ``executions.metrics``)."""
 
+import io
+import json
+import logging
 import re
+import sys
 
 import httpx
 import pytest
@@ -8,11 +12,13 @@ from django.test import Client
 from prometheus_client import generate_latest
 
 from apikeys.asyncdb import run_in_short_session as db
+from apikeys.logs import JSONFormatter, RequestContextFilter
 from executions import health
 from executions.metrics import registry
 from tests.live_server import Producer, events_url, live_server
 from tests.runs import running
 from tests.streams import get
+from tests.test_api import fetch_events
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -125,3 +131,46 @@ def test_metrics_add_up_every_process_in_multiprocess_mode(user, raw_key, tmp_pa
     assert sample(text, "executions_events_recorded_total", type="execution:completed") == 1
     assert sample(text, "executions_events_recorded_total", type="node:started") == 2
     assert sample(text, "executions_stream_closes_total", reason="terminal") == 1
+
+
+# Structured logs.
+
+
+def test_a_streams_log_lines_carry_its_request_id_and_grant_and_never_its_key(user, make_key):
+    key, raw = make_key()
+    recorder = running(user)
+    recorder.complete({})
+    handler = logging.StreamHandler(io.StringIO())
+    handler.addFilter(RequestContextFilter())
+    handler.setFormatter(JSONFormatter())
+    logging.getLogger("executions.stream").addHandler(handler)
+    try:
+        response, _ = fetch_events(
+            events_url(recorder.execution_id), raw, **{"X-Request-ID": "trace-1234567"}
+        )
+    finally:
+        logging.getLogger("executions.stream").removeHandler(handler)
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in handler.stream.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == ["Stream opened", "Stream closed"]
+    for line in lines:
+        assert line["request_id"] == "trace-1234567"
+        assert line["grant"] == f"key {key.prefix}"
+        assert line["execution_id"] == recorder.execution_id
+        assert raw[len(key.prefix) :] not in json.dumps(line)
+    assert lines[1]["reason"] == "terminal"
+
+
+def test_json_log_lines_carry_extra_fields_and_exceptions():
+    formatter = JSONFormatter()
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.makeLogRecord(
+            {"msg": "failed %s", "args": ("x",), "levelname": "ERROR", "name": "t"}
+        )
+        record.exc_info = sys.exc_info()
+    record.execution_id = "exec_1"
+    line = json.loads(formatter.format(record))
+    assert (line["message"], line["level"], line["execution_id"]) == ("failed x", "ERROR", "exec_1")
+    assert "ValueError: boom" in line["exception"]

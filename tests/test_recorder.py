@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 from asgiref.sync import SyncToAsync, sync_to_async
 from channels.layers import get_channel_layer
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
@@ -824,3 +824,41 @@ def test_failabandoned_prints_the_executions_it_failed(user):
     out = StringIO()
     call_command("failabandoned", stdout=out, stderr=StringIO())
     assert out.getvalue().split() == [stale.execution_id]
+
+
+# Retention: pruneexecutions.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pruneexecutions_deletes_finished_executions_older_than_the_age_with_their_log(user):
+    def finished(days_ago, events=3):
+        recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_old")
+        recorder.start()
+        for number in range(events):
+            recorder.progress(completed_nodes=number, total_nodes=events)
+        recorder.complete({})
+        ended = timezone.now() - timedelta(days=days_ago)
+        Execution.objects.filter(pk=recorder.execution_id).update(completed_at=ended)
+        return recorder.execution_id
+
+    old = [finished(40), finished(35, events=50)]
+    recent = finished(5)
+    running = ExecutionRecorder.create(owner=user, workflow_id="wf_running")
+    running.start()
+    Execution.objects.filter(pk=running.execution_id).update(
+        created_at=timezone.now() - timedelta(days=90)
+    )
+    out = StringIO()
+
+    call_command("pruneexecutions", "--older-than", "30d", "--dry-run", stdout=out)
+    assert out.getvalue().strip() == "2 execution(s) would be deleted."
+    call_command("pruneexecutions", "--older-than", "30d", "--batch-size", "1", stdout=out)
+
+    assert "Deleted 2 execution(s) and 57 event(s)." in out.getvalue()
+    assert set(Execution.objects.values_list("pk", flat=True)) == {recent, running.execution_id}
+    assert not Event.objects.filter(execution_id__in=old).exists()
+
+
+def test_pruneexecutions_refuses_an_age_it_cannot_read():
+    with pytest.raises(CommandError, match="30d"):
+        call_command("pruneexecutions", "--older-than", "a month")
