@@ -59,6 +59,7 @@ class Subscription:
         "keepalive_due",
         "last_write",
         "queued_bytes",
+        "replaying",
         "scopes",
         "waiter",
     )
@@ -68,6 +69,9 @@ class Subscription:
         # Every event after this one reaches the subscription; those up to it are the
         # log's to give. No event follows it if it was the terminal one.
         self.from_seq, self.after_terminal = from_seq, after_terminal
+        # While its stream replays the log, events are not queued: from_seq moves on, and
+        # the stream reads them from the log too. A storm of replays queues nothing.
+        self.replaying = True
         self.items = []
         self.queued_bytes = 0  # of the frames in items
         self.waiter = None
@@ -229,7 +233,13 @@ class Topic:
         config = get_config()
         limit, byte_limit = config["STREAM_QUEUE_SIZE"], config["STREAM_QUEUE_BYTES"]
         too_slow = []
+        replaying = 0
         for subscription in self.subscriptions:
+            if subscription.replaying:
+                subscription.from_seq = items[-1].seq
+                subscription.after_terminal = items[-1].is_terminal
+                replaying += 1
+                continue
             queued = len(subscription.items)
             # An empty queue takes any batch: an event is as large as MAX_EVENT_BYTES lets it.
             fits = not queued or subscription.queued_bytes + size <= byte_limit
@@ -237,7 +247,7 @@ class Topic:
                 subscription.put(items, size)
             else:
                 too_slow.append(subscription)
-        metrics.LIVE.inc(len(items) * (len(self.subscriptions) - len(too_slow)))
+        metrics.LIVE.inc(len(items) * (len(self.subscriptions) - len(too_slow) - replaying))
         for subscription in too_slow:
             # The client resumes from the log when it reconnects with Last-Event-ID.
             self.subscriptions.discard(subscription)

@@ -137,24 +137,29 @@ async def event_stream(opening):
         last_sent = first[-1].seq if first else opening.after
         read_on = bool(first) and not is_last_batch(first)
         hub = get_hub()
-        subscription = await hub.subscribe(
-            execution_id, opening.grant, SCOPES, execution.last_seq
-        )
+        subscription = await hub.subscribe(execution_id, opening.grant, SCOPES, execution.last_seq)
         del opening, execution, first  # an open stream keeps none of them
         subscription.last_write = time.monotonic()
         yield start
         del start
-        replay = history(
-            execution_id, last_sent, read_on, subscription.from_seq, subscription.guard
-        )
-        async for batch in replay:
-            replayed += len(batch)
-            subscription.last_write = time.monotonic()
-            yield b"".join(item.frame for item in batch)
-            last_sent = batch[-1].seq
-            if batch[-1].is_terminal:
-                reason = TERMINAL
-                return
+        while True:
+            replay = history(
+                execution_id, last_sent, read_on, subscription.from_seq, subscription.guard
+            )
+            async for batch in replay:
+                replayed += len(batch)
+                subscription.last_write = time.monotonic()
+                yield b"".join(item.frame for item in batch)
+                last_sent = batch[-1].seq
+                if batch[-1].is_terminal:
+                    reason = TERMINAL
+                    return
+            # Events came while it replayed (from_seq moved on): read them too, then take
+            # events live, with no await between the last look and the switch.
+            read_on = False
+            if last_sent >= subscription.from_seq:
+                subscription.replaying = False
+                break
         metrics.REPLAY_SIZE.observe(replayed)
         metrics.FROM_LOG.inc(replayed)
         if subscription.after_terminal:

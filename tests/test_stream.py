@@ -658,6 +658,10 @@ async def test_a_stream_too_slow_to_keep_up_ends_and_resumes_without_loss(
     body = b""
     while ids_of(body) != [1]:
         body += await anext(content)
+    # Past its replay, the stream takes events live.
+    await db(recorder.progress, completed_nodes=0, total_nodes=10)
+    while ids_of(body) != [1, 2]:
+        body += await anext(content)
 
     def record_ten():
         for number in range(1, 11):
@@ -665,7 +669,7 @@ async def test_a_stream_too_slow_to_keep_up_ends_and_resumes_without_loss(
 
     await db(record_ten)  # while the client reads nothing
     topic = get_hub().topics[recorder.execution_id]
-    await eventually(lambda: topic.last_seq == 11)
+    await eventually(lambda: topic.last_seq == 12)
     async with asyncio.timeout(TIMEOUT):
         async for chunk in content:  # the stream gave up on this client and ends
             body += chunk
@@ -675,7 +679,32 @@ async def test_a_stream_too_slow_to_keep_up_ends_and_resumes_without_loss(
     resumed = await connect(recorder.execution_id, raw_key, **{"Last-Event-ID": str(last)})
     await db(recorder.complete)
     await resumed.end()
-    assert ids_of(body) + resumed.ids == list(range(1, 13))
+    assert ids_of(body) + resumed.ids == list(range(1, 14))
+
+
+async def test_events_during_a_streams_replay_are_read_from_the_log_not_queued(
+    user, raw_key, settings
+):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "STREAM_QUEUE_SIZE": 3}
+    recorder = await db(running, user)
+    response = await get(recorder.execution_id, raw_key)
+    content = aiter(response.streaming_content)
+    body = await anext(content)  # the opening and the first replay batch; then nothing
+
+    def record_ten():
+        for number in range(1, 11):
+            recorder.progress(completed_nodes=number, total_nodes=10)
+
+    await db(record_ten)
+    topic = get_hub().topics[recorder.execution_id]
+    await eventually(lambda: topic.last_seq == 11)
+    [subscription] = topic.subscriptions
+    assert (subscription.items, subscription.ended) == ([], None)  # not too slow: replaying
+    await db(recorder.complete)
+    async with asyncio.timeout(TIMEOUT):
+        async for chunk in content:
+            body += chunk
+    assert ids_of(body) == list(range(1, 13))
 
 
 async def test_a_site_without_a_channel_layer_still_streams_from_the_log(
