@@ -8,6 +8,7 @@ follows the stream of ``executions.urls``, which the host mounts beside ``page_u
 """
 
 import json
+from functools import wraps
 from urllib.parse import urlencode
 
 from django import forms
@@ -35,6 +36,27 @@ NAMESPACE = "execution_pages"  # page_urls.app_name
 PAGE_SIZE = 25
 # How often the list fetches its rows again while one of them is pending or running.
 ROWS_REFRESH_MS = 3000
+# The pages load their scripts and stylesheets from the site's static files, read the
+# event stream and their rows from the site, and post their forms to it; nothing inline.
+# Framing is left to the site's X-Frame-Options: a frame-ancestors here would override it.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; base-uri 'self'; form-action 'self'; object-src 'none'"
+)
+
+
+def content_security_policy(view):
+    """Send the pages' ``Content-Security-Policy`` with every answer of ``view``, unless it
+    already has one. The pages' own views send it, not a middleware: the host's other
+    pages keep whatever policy the host gives them (Django 6's ``SECURE_CSP`` leaves a
+    header that a view has set as it is)."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+        return response
+
+    return wrapper
 
 
 def visible_executions(user):
@@ -120,6 +142,7 @@ class ExecutionFilterForm(forms.Form):
         return {name: value for name, value in self.cleaned_data.items() if value}
 
 
+@content_security_policy
 @never_cache
 @login_required
 @require_GET
@@ -210,6 +233,7 @@ def node_context(run, now):
     }
 
 
+@content_security_policy
 @never_cache
 @login_required
 @require_GET

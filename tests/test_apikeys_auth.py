@@ -6,13 +6,17 @@ import logging
 import re
 import uuid
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.core import signing
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.db import connection
 from django.test import override_settings
 from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
 from django.utils import timezone
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.permissions import IsAuthenticated
@@ -29,6 +33,11 @@ from apikeys.exceptions import RevokedAPIKey
 from apikeys.models import APIKey
 from apikeys.scopes import BUILTIN_SCOPES, all_bundles, all_scopes, expand
 from apikeys.views import ScopedAPIView
+from executions import stream
+from tests.contract import CONTRACT
+from tests.test_api import EVENTS, fetch_events, finished_execution, new_execution
+from tests.test_api import call as call_api
+from tests.test_apikeys_admin import add_key, raw_keys_in, run_action, shown_once
 
 DRF_SCOPED = "/test-only/drf/scoped"
 DRF_ANY = "/test-only/drf/any"
@@ -254,12 +263,18 @@ def secret_parts(raw):
 
 
 def exercise(client, raws):
-    """Make successful and failing requests, through both views and both headers."""
-    for raw in raws:
-        for path in (DRF_SCOPED, DRF_ANY, ASYNC_SCOPED):
-            call(client, path, raw)
-            client.get(path, headers={"Authorization": f"Bearer {raw}"})
-            call(client, path, raw + "x")
+    """Make successful and failing requests, through both views and both headers; return
+    the responses."""
+    return [
+        response
+        for raw in raws
+        for path in (DRF_SCOPED, DRF_ANY, ASYNC_SCOPED)
+        for response in (
+            call(client, path, raw),
+            client.get(path, headers={"Authorization": f"Bearer {raw}"}),
+            call(client, path, raw + "x"),
+        )
+    ]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -294,15 +309,71 @@ def test_raw_key_is_stored_in_no_column_of_any_table(client, make_key, other_use
             assert secret not in stored
 
 
+def token_parts(token):
+    """A stream token and its signature, the part that cannot be made without the key."""
+    return [token, token.rsplit(":", 1)[-1]]
+
+
+class Answers:
+    """Every answer a test got (responses, streams, command output) as text, each with the
+    secrets it was created to show (the raw key an add form shows once, the stream token
+    that ``POST .../stream-token`` mints, which ``tokens`` collects)."""
+
+    def __init__(self):
+        self.seen, self.tokens = [], []
+
+    def add(self, response, body=None, shows=()):
+        shows = set(shows)
+        if response.status_code == 201 and response.get("Content-Type") == "application/json":
+            token = response.json()["data"]["token"]
+            self.tokens.append(token)
+            shows.update(token_parts(token))
+        headers = "\n".join(f"{name}: {value}" for name, value in response.headers.items())
+        body = response.content if body is None and not response.streaming else body
+        self.seen.append((f"{headers}\n\n{body.decode(errors='replace')}", shows))
+        return response
+
+    def add_text(self, text):
+        self.seen.append((text, set()))
+
+    def assert_hold_none_of(self, secrets):
+        for text, shows in self.seen:
+            for secret in set(secrets) - shows:
+                assert secret not in text
+
+
 @pytest.mark.django_db(transaction=True)
-def test_raw_key_appears_in_no_log_record(client, make_key, settings, caplog):
+def test_no_secret_reaches_a_log_record_an_answer_or_a_page_after_its_creation(
+    client, admin_client, make_key, user, other_user, settings, caplog, monkeypatch
+):
     settings.DEBUG = True  # SQL and its parameters are logged at DEBUG as well
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="django")  # Django's default config stops at INFO
+    answers = Answers()
+
+    # Created: in the admin's add form, by createapikey, through the model.
+    response = add_key(admin_client, user, bundles=["full-access"])
+    raw_admin = shown_once(response)
+    answers.add(response, shows=secret_parts(raw_admin))
+    created = StringIO()
+    call_command(
+        "createapikey",
+        "--owner",
+        user.username,
+        "--name",
+        "cli",
+        "--bundle",
+        "full-access",
+        stdout=created,
+        stderr=StringIO(),
+    )
+    raw_cli = created.getvalue().splitlines()[-1]
     revoked, raw_revoked = make_key()
     revoked.revoke()
     raw_ok, raw_test = make_key()[1], make_key(mode="test")[1]
     raws = [
+        raw_admin,
+        raw_cli,
         raw_ok,
         raw_test,
         raw_revoked,
@@ -311,18 +382,99 @@ def test_raw_key_appears_in_no_log_record(client, make_key, settings, caplog):
         make_key(expires_at=timezone.now() - timedelta(days=1))[1],
     ]
 
-    exercise(client, raws)
+    # Used, and refused, on the apps' test views (both headers, malformed, test keys
+    # refused, the rate-limit store down) and on every endpoint of the contract.
+    for response in exercise(client, raws):
+        answers.add(response)
+    working = settings.APIKEYS
     configure(settings, ACCEPT_TEST_KEYS=False)
-    exercise(client, [raw_test])
+    for response in exercise(client, [raw_test]):
+        answers.add(response)
     configure(settings, RATE_LIMIT_REDIS_URL="redis://127.0.0.1:1/0", RATE_LIMIT_FAIL_OPEN=False)
-    exercise(client, [raw_ok])
+    for response in exercise(client, [raw_ok]):
+        answers.add(response)
+    settings.APIKEYS = working
+    mine, theirs = finished_execution(user).execution_id, new_execution(other_user).execution_id
+    for raw in raws:
+        for execution_id in (mine, theirs):
+            for (method, path), _ in CONTRACT.items():
+                path = path.format(workflow_id="wf_demo", execution_id=execution_id)
+                if path.endswith("/events"):
+                    answers.add(*fetch_events(path, raw))
+                    answers.add(*fetch_events(path, **{"Authorization": f"Bearer {raw}"}))
+                else:
+                    answers.add(call_api(client, method, path, raw))
+                    answers.add(call_api(client, method, path, Authorization=f"Bearer {raw}"))
+    answers.add(call_api(client, "post", "/api/v1/workflows/wf_demo/execute", raw_ok, content="{"))
+
+    # Stream tokens: minted, used, refused (another execution's, forged, their key revoked).
+    tokens = [
+        answers.add(
+            call_api(client, "post", f"/api/v1/executions/{mine}/stream-token", raw)
+        ).json()["data"]["token"]
+        for raw in (raw_ok, raw_cli)
+    ]
+    events = EVENTS.format(id=mine)
+    answers.add(*fetch_events(f"{events}?token={tokens[0]}"))
+    answers.add(*fetch_events(f"{EVENTS.format(id=theirs)}?token={tokens[0]}"))
+    answers.add(*fetch_events(f"{events}?token={tokens[0][:-2]}xx"))
+    answers.add(*fetch_events(f"{events}?token={signing.dumps({'forged': True})}"))
+    answers.add(*fetch_events(f"{events}?token={tokens[0]}", **{"Last-Event-ID": "x"}))
+    answers.add(*fetch_events(f"{events}?token={raw_ok}"))  # a key where a token goes
+
+    # Crashes, with a key and with a token: a 500 in the envelope, the crash logged.
+    def crash(*args, **kwargs):
+        raise RuntimeError("crash")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(stream, "last_event_id", crash)
+        answers.add(*fetch_events(f"{events}?token={tokens[0]}"))
+        answers.add(*fetch_events(events, raw_ok))
+
+    # The pages and the admin, after the keys were created.
+    client.force_login(user)
+    for path in ("/executions/", f"/executions/{mine}/", f"/executions/{theirs}/"):
+        answers.add(client.get(path))
+    answers.add(client.post(f"/executions/{mine}/cancel", follow=True))
+    changelist = reverse("admin:apikeys_apikey_changelist")
+    for key in APIKey.objects.all():
+        answers.add(admin_client.get(reverse("admin:apikeys_apikey_change", args=[key.pk])))
+        answers.add(admin_client.get(changelist, {"q": key.prefix}))
+
+    # Rotated and revoked: in the admin, through the model, by revokeapikey.
+    cli_key = APIKey.objects.get(key_hash=keys.digest(raw_cli))
+    response = run_action(admin_client, "rotate_keys", [cli_key])
+    [raw_rotated] = raw_keys_in(response)
+    answers.add(response, shows=secret_parts(raw_rotated))
+    rotated_key = APIKey.objects.get(key_hash=keys.digest(raw_rotated))
+    answers.add(run_action(admin_client, "revoke_keys", [rotated_key]))
+    ok_key = APIKey.objects.get(key_hash=keys.digest(raw_ok))
+    _, raw_replacement = ok_key.rotate()
+    admin_key = APIKey.objects.get(key_hash=keys.digest(raw_admin))
+    revoked_out = StringIO()
+    call_command("revokeapikey", admin_key.prefix, stdout=revoked_out)
+    call_command("revokeapikey", raw_replacement, stdout=revoked_out)
+    answers.add_text(revoked_out.getvalue())
+    raws += [raw_rotated, raw_replacement]
+    for raw in (raw_cli, raw_rotated, raw_ok, raw_replacement, raw_admin):
+        for response in exercise(client, [raw]):
+            answers.add(response)
+        answers.add(*fetch_events(f"{events}?token={tokens[1]}"))
+        answers.add(*fetch_events(events, raw))
+    answers.add(admin_client.get(changelist))
 
     logged = caplog.text + "".join(repr(vars(record)) for record in caplog.records)
     # The lookups' SQL parameters were captured, so the search below covers them too.
     assert keys.digest(raw_ok) in logged
-    for raw in raws:
-        for secret in secret_parts(raw):
-            assert secret not in logged
+    assert "RuntimeError" in logged
+    secrets = [
+        *(part for raw in raws for part in secret_parts(raw)),
+        *(part for token in answers.tokens for part in token_parts(token)),
+        settings.SECRET_KEY,
+    ]
+    for secret in secrets:
+        assert secret not in logged
+    answers.assert_hold_none_of(secrets)
 
 
 # Authenticating costs one query; last_used_* is written at most once per interval.
