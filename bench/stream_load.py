@@ -24,12 +24,17 @@ Diagnostics: ``--py-spy OUT`` profiles the server while events flow, ``--tracema
     .venv/bin/python bench/stream_load.py --server daphne
     .venv/bin/python bench/stream_load.py --server uvicorn --idle
 
-Traffic goes to 127.0.0.1 only; every phase is bounded in time; exits non-zero only when
-setup fails.
+``--workers N`` (uvicorn) serves the streams from N processes behind one port.
+
+Traffic goes to 127.0.0.1 only; every phase is bounded in time; exits 2 when setup fails
+and 1 when a stream lost, doubled or reordered an event or did not end with its terminal
+one. The other modes (``open_rate.py``, ``storm.py``, ``rest_load.py``, ``record_rate.py``,
+``late_join.py``) import their setup, server, client and report helpers from here.
 """
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -45,6 +50,7 @@ import tempfile
 import time
 from array import array
 from pathlib import Path
+from types import SimpleNamespace
 
 ROOT = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -52,6 +58,9 @@ DATABASE_NAME = "bench"
 DATABASE_URL = f"postgres://postgres@{HOST}:5432/{DATABASE_NAME}"
 ADMIN_DSN = f"postgresql://postgres@{HOST}:5432/postgres"
 REDIS_URL = f"redis://{HOST}:6379/5"
+# The servers' PostgreSQL connections carry this name (libpq's PGAPPNAME), so that
+# pg_stat_activity tells them from the producer's and the benchmark's own.
+SERVER_APPLICATION_NAME = "bench-server"
 BENCH_ENV = {
     "DATABASE_URL": DATABASE_URL,
     "REDIS_URL": REDIS_URL,
@@ -78,9 +87,10 @@ class SetupError(Exception):
 class Stream(asyncio.Protocol):
     """One SSE connection: sends the GET, de-chunks the body, records ``(id, time)``."""
 
-    def __init__(self, request):
+    def __init__(self, request, after=None):
         loop = asyncio.get_running_loop()
         self.request = request
+        self.after = after  # the Last-Event-ID it sent
         self.transport = None
         self.connected = loop.create_future()  # its time, or None if the stream failed first
         self.replayed = loop.create_future()  # set at the first event with an id
@@ -97,13 +107,17 @@ class Stream(asyncio.Protocol):
         self.keepalives = 0
         self.terminal = False
         self.error = None
+        self.sent_at = self.first_byte = None  # when the request went out, the answer came
 
     def connection_made(self, transport):
         self.transport = transport
+        self.sent_at = time.time()
         transport.write(self.request)
 
     def data_received(self, data):
         now = time.time()
+        if self.first_byte is None:
+            self.first_byte = now
         if not self.headers_done:
             self.raw += data
             end = self.raw.find(b"\r\n\r\n")
@@ -197,25 +211,34 @@ class Stream(asyncio.Protocol):
         return self.done.done() and not self.terminal
 
 
-def stream_request(port, path, key):
+def stream_request(port, path, key, last_event_id=None):
+    resume = "" if last_event_id is None else f"Last-Event-ID: {last_event_id}\r\n"
     return (
-        f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nX-API-Key: {key}\r\n"
+        f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\nX-API-Key: {key}\r\n{resume}"
         "Accept: text/event-stream\r\nConnection: close\r\n\r\n"
     ).encode()
 
 
-async def open_streams(port, path, key, count, concurrency, patience):
-    """Open ``count`` streams, at most ``concurrency`` waiting for `connected` at once."""
+async def open_streams(
+    port, path, key, count, concurrency, patience, last_event_ids=None, pace=0.0
+):
+    """Open ``count`` streams, at most ``concurrency`` waiting for `connected` at once;
+    stream ``i`` resumes after ``last_event_ids[i]`` if given; ``pace``: at most that many
+    new streams per second (0: as fast as the server takes them)."""
     loop = asyncio.get_running_loop()
     gate = asyncio.Semaphore(concurrency)
-    request = stream_request(port, path, key)
+    if last_event_ids is None:
+        last_event_ids = itertools.repeat(None, count)
     streams = []
     failures = []
 
-    async def one():
+    async def one(index, after):
+        if pace:
+            await asyncio.sleep(max(started + index / pace - time.monotonic(), 0))
+        request = stream_request(port, path, key, after)
         async with gate:
             try:
-                _, stream = await loop.create_connection(lambda: Stream(request), HOST, port)
+                _, stream = await loop.create_connection(lambda: Stream(request, after), HOST, port)
                 streams.append(stream)
                 await asyncio.wait_for(asyncio.shield(stream.connected), patience)
                 if not stream.is_connected:
@@ -224,8 +247,44 @@ async def open_streams(port, path, key, count, concurrency, patience):
                 failures.append(repr(exc))
 
     started = time.monotonic()
-    await asyncio.gather(*(one() for _ in range(count)))
+    await asyncio.gather(*(one(index, after) for index, after in enumerate(last_event_ids)))
     return streams, failures, time.monotonic() - started
+
+
+async def resume(chain, port, path, key, patience, limit=50):
+    """Follow the stream ``chain[-1]`` as EventSource does (but at once, without the
+    ``retry:`` delay): each time the server ends it before its terminal event, reconnect
+    with the last id received (waiting ``patience`` seconds for ``connected``), appending
+    the new stream to ``chain``. Unbounded in time: the caller bounds it."""
+    while len(chain) < limit:
+        last = chain[-1]
+        await last.done
+        if last.terminal or not last.is_connected:
+            return
+        after = last.ids[-1] if last.ids else last.after
+        opened, failures, _ = await open_streams(port, path, key, 1, 1, patience, [after])
+        chain.extend(opened)
+        if failures or not opened:
+            return
+
+
+def joined(chain):
+    """What a chain of reconnected streams received, as one stream."""
+    ids, times = array("q"), array("d")
+    for stream in chain:
+        ids.extend(stream.ids)
+        times.extend(stream.times)
+    first, last = chain[0], chain[-1]
+    return SimpleNamespace(
+        after=first.after,
+        ids=ids,
+        times=times,
+        connected=first.connected,
+        is_connected=all(stream.is_connected for stream in chain),
+        terminal=last.terminal,
+        done=last.done,
+        error=last.error,
+    )
 
 
 async def http_status(port, path, key, patience=5.0):
@@ -252,7 +311,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
-def server_command(server, port, app):
+def server_command(server, port, app, workers=1):
     if server == "daphne":
         # The endpoint string only raises Twisted's listen backlog (default 50) to
         # uvicorn's 2048, so a connect burst is not throttled by SYN retries.
@@ -272,17 +331,64 @@ def server_command(server, port, app):
         "--log-level",
         "warning",
         "--no-access-log",
+        *(["--workers", str(workers)] if workers > 1 else []),
     ]
 
 
-def proc_status(pid):
-    """Return the server's RSS in KiB and its thread count."""
-    rss = 0
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    return rss, len(os.listdir(f"/proc/{pid}/task"))
+def proc_status(pids):
+    """Return the RSS in KiB and the thread count of the server's processes, summed."""
+    rss = threads = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    rss += int(line.split()[1])
+        threads += len(os.listdir(f"/proc/{pid}/task"))
+    return rss, threads
+
+
+def cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as file:
+            return file.read()
+    except OSError:
+        return b""
+
+
+def child_pids(pid):
+    """Return the pids of the processes whose parent is ``pid``."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    if int(stat.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        children.append(int(entry))
+            except OSError:
+                continue
+    return children
+
+
+def connections_by_pid(pids, port):
+    """Return ``{pid: established connections on port}`` for each of ``pids``: how a
+    multi-process server shares the streams."""
+    suffix = f":{port:04X}"
+    inodes = set()
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            if fields[1].endswith(suffix) and fields[3] == "01":
+                inodes.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in pids:
+        fd_dir = f"/proc/{pid}/fd"
+        links = []
+        for fd in os.listdir(fd_dir):
+            with contextlib.suppress(OSError):
+                links.append(os.readlink(f"{fd_dir}/{fd}"))
+        counts[pid] = sum(1 for link in links if link in inodes)
+    return counts
 
 
 def socket_backlogs(port):
@@ -307,6 +413,13 @@ def proc_cpu_seconds(pid, tid=None):
     with open(path) as stat:
         fields = stat.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def server_cpu_seconds(server):
+    """Return the CPU seconds of the server's processes, and of their event-loop threads."""
+    pids = server.pids()
+    total = sum(proc_cpu_seconds(pid) for pid in pids)
+    return total, sum(proc_cpu_seconds(pid, pid) for pid in server.worker_pids())
 
 
 def machine_busy_ticks():
@@ -342,21 +455,34 @@ def top_consumers(before, after, seconds, exclude, count=4):
     ]
     deltas.sort(reverse=True)
     return ", ".join(
-        f"{name} {pid}: {delta / seconds:.2f}" for delta, name, pid in deltas[:count] if delta > 0
+        f"{name} {pid}: {delta / seconds:.2f}"
+        for delta, name, pid in deltas[:count]
+        if delta / seconds >= 0.005
     )
+
+
+def machine_load(window=3.0):
+    """Return the machine's busy share over the next ``window`` seconds, its load average
+    (1 minute) and its busiest processes then."""
+    processes0 = cpu_by_process()
+    busy0, total0 = machine_busy_ticks()
+    time.sleep(window)
+    busy1, total1 = machine_busy_ticks()
+    return {
+        "busy": round((busy1 - busy0) / max(total1 - total0, 1), 3),
+        "loadavg": round(os.getloadavg()[0], 2),
+        "others": top_consumers(processes0, cpu_by_process(), window, {os.getpid()}),
+    }
 
 
 def wait_for_quiet_machine(patience, busy_limit=0.2, window=3.0):
     """Wait (at most ``patience`` seconds) until the machine is under ``busy_limit``
-    busy over ``window`` seconds; return the last busy share seen."""
+    busy over ``window`` seconds; return the last ``machine_load()`` seen."""
     deadline = time.monotonic() + patience
     while True:
-        busy0, total0 = machine_busy_ticks()
-        time.sleep(window)
-        busy1, total1 = machine_busy_ticks()
-        busy = (busy1 - busy0) / max(total1 - total0, 1)
-        if busy < busy_limit or time.monotonic() >= deadline:
-            return busy
+        load = machine_load(window)
+        if load["busy"] < busy_limit or time.monotonic() >= deadline:
+            return load
 
 
 def client_cpu_seconds():
@@ -365,10 +491,11 @@ def client_cpu_seconds():
 
 
 class Sampler:
-    """Sample the server's RSS, threads and PostgreSQL connections once a second."""
+    """Sample the server's RSS, threads and PostgreSQL connections every ``interval``
+    seconds, and (``queues``) the bytes queued in its sockets."""
 
-    def __init__(self, pid, port):
-        self.pid, self.port = pid, port
+    def __init__(self, server, interval=1.0, queues=True):
+        self.server, self.interval, self.queues = server, interval, queues
         self.peak_rss = self.peak_threads = self.peak_pg = self.peak_kernel_queue = 0
         self.pg = None
         self.task = None
@@ -380,24 +507,27 @@ class Sampler:
         self.task = asyncio.create_task(self.run())
 
     async def pg_connections(self):
+        """The server's connections only (they carry its ``application_name``)."""
         cursor = await self.pg.execute(
-            "select count(*) from pg_stat_activity where datname = %s", (DATABASE_NAME,)
+            "select count(*) from pg_stat_activity where datname = %s and application_name = %s",
+            (DATABASE_NAME, SERVER_APPLICATION_NAME),
         )
         return (await cursor.fetchone())[0]
 
     async def sample(self):
-        rss, threads = proc_status(self.pid)
+        rss, threads = proc_status(self.server.pids())
         pg = await self.pg_connections()
         self.peak_rss = max(self.peak_rss, rss)
         self.peak_threads = max(self.peak_threads, threads)
         self.peak_pg = max(self.peak_pg, pg)
-        self.peak_kernel_queue = max(self.peak_kernel_queue, socket_backlogs(self.port))
+        if self.queues:
+            self.peak_kernel_queue = max(self.peak_kernel_queue, socket_backlogs(self.server.port))
         return rss, threads, pg
 
     async def run(self):
         while True:
             await self.sample()
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(self.interval)
 
     async def stop(self):
         if self.task is not None:
@@ -412,7 +542,9 @@ class Sampler:
 
 def raise_fd_limit(streams):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = 2 * streams + 1024  # the server inherits it and holds the other ends
+    # A limit per process: this one holds the client's ends, the server (which inherits
+    # the limit) the other ends.
+    wanted = streams + 1024
     if hard != resource.RLIM_INFINITY and hard < wanted:
         raise SetupError(f"RLIMIT_NOFILE hard limit {hard} is below the {wanted} needed.")
     if soft < wanted:
@@ -447,8 +579,9 @@ def prepare_stores():
         raise SetupError(f"migrate failed:\n{migrate.stderr[-2000:]}")
 
 
-def create_fixtures():
-    """Return ``(raw_key, recorder)`` for a new key and a new running execution."""
+def create_fixtures(username="bench"):
+    """Return ``(raw_key, recorder)`` for a new key of user ``username`` and a new running
+    execution of that user."""
     sys.path.insert(0, str(ROOT))
     os.environ.update(BENCH_ENV)
     import django
@@ -458,9 +591,8 @@ def create_fixtures():
     from django.db import connections
 
     from apikeys.models import APIKey
-    from executions.recorder import ExecutionRecorder
 
-    user, _ = get_user_model().objects.get_or_create(username="bench")
+    user, _ = get_user_model().objects.get_or_create(username=username)
     _, raw_key = APIKey.objects.create_key(
         owner=user,
         name=f"stream_load {time.strftime('%Y-%m-%d %H:%M:%S')}",
@@ -468,10 +600,42 @@ def create_fixtures():
         rate_limit_per_minute=100_000_000,
         rate_limit_per_day=1_000_000_000,
     )
-    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_bench_stream_load")
+    connections.close_all()
+    return raw_key, running_execution(username)
+
+
+def running_execution(username="bench", total_nodes=None):
+    """Return the recorder of a new running execution of ``username`` (after
+    ``create_fixtures()``, which sets Django up)."""
+    from django.contrib.auth import get_user_model
+    from django.db import connections
+
+    from executions.recorder import ExecutionRecorder
+
+    user = get_user_model().objects.get(username=username)
+    recorder = ExecutionRecorder.create(
+        owner=user, workflow_id="wf_bench_stream_load", total_nodes=total_nodes
+    )
     recorder.start()
     connections.close_all()
-    return raw_key, recorder
+    return recorder
+
+
+def record_history(recorder, events, batch_size=500):
+    """Record ``events`` ``execution:progress`` events into a running execution, in
+    ``recorder.batch()`` transactions of ``batch_size``; return its last sequence number."""
+    from django.db import connections
+
+    from executions import publisher
+
+    for first in range(0, events, batch_size):
+        with recorder.batch():
+            for index in range(first, min(first + batch_size, events)):
+                recorder.progress(completed_nodes=index + 1, total_nodes=events)
+    publisher.flush()
+    last_seq = recorder.execution.last_seq
+    connections.close_all()
+    return last_seq
 
 
 def event_times(execution_id):
@@ -484,6 +648,24 @@ def event_times(execution_id):
     times = {seq: created.timestamp() for seq, created in rows}
     connections.close_all()
     return times
+
+
+def check_log(execution_id):
+    """Return an execution's ``last_seq`` and what is wrong with its log (nothing if it
+    holds the events 1 to ``last_seq``, each once)."""
+    from django.db import connections
+    from django.db.models import Count, Max, Min
+
+    from executions.models import Event, Execution
+
+    last_seq = Execution.objects.values_list("last_seq", flat=True).get(pk=execution_id)
+    found = Event.objects.filter(execution_id=execution_id).aggregate(
+        rows=Count("seq"), distinct=Count("seq", distinct=True), low=Min("seq"), high=Max("seq")
+    )
+    connections.close_all()
+    if tuple(found.values()) == (last_seq, last_seq, 1, last_seq):
+        return last_seq, []
+    return last_seq, [f"the log of {execution_id} holds {found}, its last_seq is {last_seq}"]
 
 
 def complete_execution(recorder):
@@ -499,14 +681,24 @@ def complete_execution(recorder):
 
 
 class Server:
-    def __init__(self, name, app, port, log_path, tracemalloc_dir=None):
+    """One server process (uvicorn with ``workers`` > 1: a supervisor and its workers)."""
+
+    def __init__(self, name, app, port, log_path, tracemalloc_dir=None, workers=1):
         self.name, self.app, self.port, self.log_path = name, app, port, log_path
         self.tracemalloc_dir = tracemalloc_dir
+        self.workers = workers
         self.snapshots = 0
         self.process = None
 
+    @classmethod
+    def for_bench(cls, name, app="flowmaestro.asgi:application", workers=1, label="bench"):
+        """A server on a free port, logging to a temporary file named after ``label``."""
+        port = free_port()
+        log_path = Path(tempfile.gettempdir()) / f"{label}_{name}_{port}.log"
+        return cls(name, app, port, log_path, workers=workers)
+
     def spawn(self):
-        env = {**os.environ, **BENCH_ENV}
+        env = {**os.environ, **BENCH_ENV, "PGAPPNAME": SERVER_APPLICATION_NAME}
         if self.tracemalloc_dir:
             # bench/tracemalloc_hook/sitecustomize.py traces and dumps on SIGUSR1.
             hook = ROOT / "bench" / "tracemalloc_hook"
@@ -514,7 +706,7 @@ class Server:
             env["BENCH_TRACEMALLOC_DIR"] = self.tracemalloc_dir
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
-                server_command(self.name, self.port, self.app),
+                server_command(self.name, self.port, self.app, self.workers),
                 cwd=ROOT,
                 env=env,
                 stdout=log,
@@ -536,6 +728,29 @@ class Server:
     @property
     def pid(self):
         return self.process.pid
+
+    def worker_pids(self):
+        """The processes that serve requests: the server, or its workers."""
+        if self.workers == 1:
+            return [self.pid]
+        return [pid for pid in child_pids(self.pid) if b"spawn_main" in cmdline(pid)]
+
+    def pids(self):
+        """All the server's processes (its supervisor, its workers)."""
+        return [self.pid] if self.workers == 1 else [self.pid, *self.worker_pids()]
+
+    async def start(self, key, patience=60.0):
+        """Spawn the server and return once it answers (and, with workers, all run)."""
+        self.spawn()
+        probe = f"/api/v1/executions/exec_missing{secrets.token_hex(4)}/events"
+        await self.wait_ready(probe, key, patience)
+        for _ in range(int(patience / 0.2)):
+            if len(self.worker_pids()) >= self.workers:
+                break
+            await asyncio.sleep(0.2)
+        if self.workers > 1:
+            for _ in range(4 * self.workers):  # let every worker answer once
+                await http_status(self.port, probe, key)
 
     async def snapshot(self, patience=300.0):
         """Have a tracing server dump its allocations; return the snapshot's path."""
@@ -596,24 +811,40 @@ def find_py_spy():
     return py_spy
 
 
-async def start_py_spy(py_spy, pid, output, seconds):
-    formats = {".json": "speedscope", ".txt": "raw"}
-    fmt = formats.get(Path(output).suffix, "flamegraph")
+PY_SPY_FORMATS = {".json": "speedscope", ".txt": "raw"}  # else an .svg flame graph
+
+
+def py_spy_output(output, name):
+    """``out.svg`` for ``name``: ``out-name.svg``."""
+    path = Path(output)
+    return str(path.with_name(f"{path.stem}-{name}{path.suffix}"))
+
+
+async def start_py_spy(py_spy, pid, output, seconds=None, subprocesses=False):
+    """Profile ``pid`` for ``seconds`` (None: until ``stop_py_spy()``)."""
+    fmt = PY_SPY_FORMATS.get(Path(output).suffix, "flamegraph")
     return await asyncio.create_subprocess_exec(
         py_spy,
         "record",
         "--pid",
         str(pid),
-        "--duration",
-        str(int(seconds)),
+        *(["--duration", str(max(int(seconds), 1))] if seconds else []),
         "--format",
         fmt,
         "--output",
         output,
         "--nonblocking",
+        *(["--subprocesses"] if subprocesses else []),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+
+
+async def stop_py_spy(spy):
+    """Have py-spy write its profile now, and wait until it has."""
+    if spy.returncode is None:
+        spy.send_signal(signal.SIGINT)
+    await asyncio.wait_for(spy.wait(), 60)
 
 
 async def open_all(args, server, path, key):
@@ -628,52 +859,67 @@ async def open_all(args, server, path, key):
     return streams, failures, time.monotonic() - started, connected
 
 
+async def start_producer(execution_id, *options, py_spy=None):
+    """Start ``bench/producer.py`` on ``execution_id`` (under ``py-spy record`` if
+    ``py_spy`` is ``(py-spy binary, output)``)."""
+    command = [sys.executable, str(ROOT / "bench" / "producer.py"), execution_id, *options]
+    if py_spy:
+        binary, output = py_spy
+        fmt = PY_SPY_FORMATS.get(Path(output).suffix, "flamegraph")
+        command = [binary, "record", "--format", fmt, "--output", output, "--", *command]
+    return await asyncio.create_subprocess_exec(
+        *command, cwd=ROOT, env={**os.environ, **BENCH_ENV}, stdout=asyncio.subprocess.PIPE
+    )
+
+
+async def producer_report(producer, patience):
+    """Wait for a producer to finish; return its JSON line (empty if it failed)."""
+    try:
+        out, _ = await asyncio.wait_for(producer.communicate(), patience)
+    except TimeoutError:
+        producer.kill()
+        await producer.wait()
+        return {}
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    return json.loads(lines[-1]) if lines else {}
+
+
 async def run_load(args, server, path, key, execution_id):
     results = {}
-    sampler = Sampler(server.pid, server.port)
+    sampler = Sampler(server)
     await sampler.start()
     streams, failures, connect_seconds, connected = await open_all(args, server, path, key)
     results.update(connected=connected, connect_seconds=connect_seconds, failures=failures)
     rss_before, threads, pg = await sampler.sample()
+    results["per_process"] = connections_by_pid(server.worker_pids(), server.port)
 
     busy0, total0 = machine_busy_ticks()
-    server_cpu0, client_cpu0 = proc_cpu_seconds(server.pid), client_cpu_seconds()
-    loop_cpu0 = proc_cpu_seconds(server.pid, server.pid)
+    (server_cpu0, loop_cpu0), client_cpu0 = server_cpu_seconds(server), client_cpu_seconds()
     processes0 = cpu_by_process()
     spy = None
     if args.py_spy:
-        spy = await start_py_spy(args.py_spy_bin, server.pid, args.py_spy, args.duration)
+        spy = await start_py_spy(
+            args.py_spy_bin, server.pid, args.py_spy, args.duration, server.workers > 1
+        )
     live_started = time.monotonic()
-    producer = await asyncio.create_subprocess_exec(
-        sys.executable,
-        str(ROOT / "bench" / "producer.py"),
-        execution_id,
-        "--rate",
-        str(args.rate),
-        "--duration",
-        str(args.duration),
-        cwd=ROOT,
-        env={**os.environ, **BENCH_ENV},
-        stdout=asyncio.subprocess.PIPE,
+    producer = await start_producer(
+        execution_id, "--rate", str(args.rate), "--duration", str(args.duration)
     )
-    try:
-        out, _ = await asyncio.wait_for(producer.communicate(), 2 * args.duration + 60)
-        lines = out.decode().strip().splitlines()
-        results["producer"] = json.loads(lines[-1]) if lines else {}
-    except TimeoutError:
-        producer.kill()
-        await producer.wait()
-        results["producer"] = {}
+    results["producer"] = await producer_report(producer, 2 * args.duration + 60)
     await wait_done(streams, args.drain_timeout)
     live_seconds = time.monotonic() - live_started
     busy1, total1 = machine_busy_ticks()
+    server_cpu1, loop_cpu1 = server_cpu_seconds(server)
     results["others"] = top_consumers(
-        processes0, cpu_by_process(), live_seconds, {server.pid, os.getpid(), producer.pid}
+        processes0,
+        cpu_by_process(),
+        live_seconds,
+        {*server.pids(), os.getpid(), producer.pid},
     )
     results.update(
         live_seconds=live_seconds,
-        server_cores=(proc_cpu_seconds(server.pid) - server_cpu0) / live_seconds,
-        loop_cores=(proc_cpu_seconds(server.pid, server.pid) - loop_cpu0) / live_seconds,
+        server_cores=(server_cpu1 - server_cpu0) / live_seconds,
+        loop_cores=(loop_cpu1 - loop_cpu0) / live_seconds,
         client_cores=(client_cpu_seconds() - client_cpu0) / live_seconds,
         machine_busy=(busy1 - busy0) / max(total1 - total0, 1),
         rss_before=rss_before,
@@ -692,7 +938,7 @@ async def run_load(args, server, path, key, execution_id):
 
 async def run_idle(args, server, path, key, recorder):
     results = {}
-    sampler = Sampler(server.pid, server.port)
+    sampler = Sampler(server)
     await sampler.start()
     # Warm-up: a first stream pays one-off costs (the hub, its channel-layer receiver,
     # the Redis and thread pools, lazily imported code) that are not per-stream memory.
@@ -705,10 +951,11 @@ async def run_idle(args, server, path, key, recorder):
     streams, failures, connect_seconds, connected = await open_all(args, server, path, key)
     await asyncio.sleep(1.0)
     rss_open, threads_open, pg_open = await sampler.sample()
-    # Hold past a keepalive interval: every stream runs its key check and keepalive.
-    server_cpu0 = proc_cpu_seconds(server.pid)
+    # Hold for a few keepalive intervals: every stream runs its key checks and keepalives,
+    # and nothing else happens: the server's CPU is the ticks'.
+    server_cpu0 = server_cpu_seconds(server)[0]
     await asyncio.sleep(args.hold)
-    hold_cpu = proc_cpu_seconds(server.pid) - server_cpu0
+    hold_cpu = server_cpu_seconds(server)[0] - server_cpu0
     rss_held, threads_held, pg_held = await sampler.sample()
     snapshot_held = await server.snapshot()
     keepalives = sum(s.keepalives for s in streams)
@@ -754,22 +1001,56 @@ def percentile(ordered, fraction):
     return ordered[max(math.ceil(fraction * len(ordered)) - 1, 0)]
 
 
+def delivery_tallies(streams, last_seq):
+    """Return what ``streams`` missed or got wrong, each having to receive exactly the
+    ids after its ``Last-Event-ID`` (``stream.after``, else 0) up to ``last_seq``, in
+    order, once: ``lost`` (stream, id) pairs never received, ids ``duplicated``,
+    ``reordered`` (an id not above the one before) and ``unexpected`` (outside the range,
+    such as one the client had already)."""
+    tallies = dict.fromkeys(("lost", "duplicated", "reordered", "unexpected"), 0)
+    for stream in streams:
+        first = (stream.after or 0) + 1
+        ids = stream.ids
+        if ids == array("q", range(first, last_seq + 1)):
+            continue  # the usual case, compared at C speed
+        seen = set(ids)
+        tallies["lost"] += sum(1 for seq in range(first, last_seq + 1) if seq not in seen)
+        tallies["duplicated"] += len(ids) - len(seen)
+        tallies["reordered"] += sum(1 for a, b in itertools.pairwise(ids) if b <= a)
+        tallies["unexpected"] += sum(1 for seq in seen if not first <= seq <= last_seq)
+    return tallies
+
+
+def delivery_problems(streams, asked, last_seq, terminal=True):
+    """Return ``delivery_tallies()`` with the streams that ``failed`` to open (of
+    ``asked``) and (``terminal``) those ``unfinished``: open ones that did not end with
+    the terminal event; and the list of problems (empty when all is well)."""
+    opened = [stream for stream in streams if stream.is_connected]
+    tallies = delivery_tallies(opened, last_seq)
+    tallies["failed"] = asked - len(opened)
+    tallies["unfinished"] = (
+        sum(1 for stream in opened if not (stream.terminal and stream.done.done()))
+        if terminal
+        else 0
+    )
+    problems = [f"{name} {value}" for name, value in tallies.items() if value]
+    errors = sorted({stream.error for stream in streams if stream.error})
+    if problems and errors:
+        problems.append(f"stream errors: {'; '.join(errors[:3])}")
+    return tallies, problems
+
+
 def analyse_load(streams, times, first_live_seq):
     """Return lag percentiles, deliveries, losses, duplicates and reorders."""
-    expected = set(times)
-    last_seq = max(expected, default=0)
+    last_seq = max(times, default=0)
     lags = array("d")
-    deliveries = lost = duplicated = reordered = 0
+    deliveries = 0
     first_created = min((t for seq, t in times.items() if seq >= first_live_seq), default=0.0)
     last_received = first_created
     worst = {}  # seq -> its largest lag over all streams
     late = late_streams = 0  # deliveries over a second late, streams that had any
     for stream in streams:
         ids = stream.ids
-        seen = set(ids)
-        lost += len(expected - seen)
-        duplicated += len(ids) - len(seen)
-        reordered += sum(1 for a, b in itertools.pairwise(ids) if b <= a)
         stream_late = late
         for seq, received in zip(ids, stream.times, strict=True):
             if seq >= first_live_seq and seq in times:
@@ -788,9 +1069,6 @@ def analyse_load(streams, times, first_live_seq):
         "deliveries": deliveries,
         "delivered_per_second": deliveries / window,
         "window": window,
-        "lost": lost,
-        "duplicated": duplicated,
-        "reordered": reordered,
         "slowest": max(worst, key=worst.get, default=None),
         "late": late,
         "late_streams": late_streams,
@@ -802,18 +1080,51 @@ def row(name, value):
     print(f"  {name:<38} {value}")
 
 
-def print_load_summary(args, server, streams, results, analysis):
+def print_tallies(tallies, errors=()):
+    row("events lost (stream x id)", tallies["lost"])
+    row("events duplicated / unexpected", f"{tallies['duplicated']} / {tallies['unexpected']}")
+    row("events out of order", tallies["reordered"])
+    row("streams failed to open", tallies["failed"])
+    unfinished = f"{tallies['unfinished']}{' ' + '; '.join(errors[:3]) if errors else ''}"
+    row("streams without their terminal event", unfinished)
+
+
+def describe_load(load):
+    others = f"; busiest: {load['others']}" if load["others"] else ""
+    return f"{load['busy'] * 100:.0f} % busy, load average {load['loadavg']:.2f}{others}"
+
+
+def finish(mode, figures, problems, load_before, verified):
+    """Print the machine's load before and after the run and whether it ``verified``
+    (what was checked, if there are no ``problems``), then ``figures`` as one JSON line;
+    return the exit status: 1 if anything was lost, doubled, reordered or left open."""
+    load_after = machine_load()
+    row("machine before the run", describe_load(load_before))
+    row("machine after the run", describe_load(load_after))
+    if problems:
+        row("VERIFICATION FAILED", "; ".join(problems))
+    else:
+        row("verified", verified)
+    line = {"mode": mode, **figures, "verified": not problems, "problems": problems}
+    line.update(machine_before=load_before, machine_after=load_after)
+    print(json.dumps(line, default=str))
+    return 1 if problems else 0
+
+
+def print_load_summary(args, server, streams, results, analysis, tallies):
     producer = results["producer"]
     lags = analysis["lags"]
     live_events = analysis["last_seq"] - 1
-    early = sum(1 for s in streams if s.ended_early)
     errors = sorted({s.error for s in streams if s.ended_early and s.error})
     print()
     print(
-        f"SSE load: {server.name}, {args.streams} streams, "
+        f"SSE load: {describe_server(server)}, {args.streams} streams, "
         f"{args.rate:g} ev/s for {args.duration:g} s"
     )
     row("streams connected", f"{results['connected']} / {args.streams}")
+    if server.workers > 1:
+        shares = ", ".join(f"{count}" for count in results["per_process"].values())
+        row("streams per worker process", shares)
     row("connect phase", f"{results['connect_seconds']:.2f} s")
     row(
         "events recorded (producer)",
@@ -837,10 +1148,7 @@ def print_load_summary(args, server, streams, results, analysis):
         "delivered per stream",
         f"{analysis['delivered_per_second'] / max(args.streams, 1):.1f} ev/s",
     )
-    row("events lost (stream x id)", analysis["lost"])
-    row("events duplicated", analysis["duplicated"])
-    row("events out of order", analysis["reordered"])
-    row("streams ended early", f"{early}{' ' + '; '.join(errors[:3]) if errors else ''}")
+    print_tallies(tallies, errors)
     producer_cores = producer.get("cpu_seconds", 0) / max(producer.get("elapsed", 1), 1e-9)
     busy_cores = results["machine_busy"] * CORES
     rest = busy_cores - results["server_cores"] - results["client_cores"] - producer_cores
@@ -862,9 +1170,14 @@ def print_load_summary(args, server, streams, results, analysis):
     )
     row("server threads (peak)", results["peak_threads"])
     row("kernel socket queues (peak)", f"{results['peak_kernel_queue'] / 1024:.0f} KiB")
-    row("PostgreSQL connections (peak)", results["peak_pg"])
+    row("server's PostgreSQL connections (peak)", results["peak_pg"])
     if results["failures"]:
         row("connect failures", f"{len(results['failures'])}: {results['failures'][0]}")
+
+
+def describe_server(server):
+    workers = f" --workers {server.workers}" if server.workers > 1 else ""
+    return f"{server.name}{workers} (pid {server.pid})"
 
 
 def print_idle_summary(args, server, results):
@@ -872,7 +1185,7 @@ def print_idle_summary(args, server, results):
     fanout = results["fanout"]
     per_stream = grown / max(results["connected"], 1)
     print()
-    print(f"SSE idle: {server.name}, {args.streams} streams, held {args.hold:g} s")
+    print(f"SSE idle: {describe_server(server)}, {args.streams} streams, held {args.hold:g} s")
     row("streams connected", f"{results['connected']} / {args.streams}")
     row(
         "connect phase",
@@ -895,12 +1208,16 @@ def print_idle_summary(args, server, results):
         f"{results['threads_before']} / {results['threads_held']} / {results['peak_threads']}",
     )
     row(
-        "PostgreSQL conns before / open / peak",
+        "server's PG connections before/open/peak",
         f"{results['pg_before']} / {results['pg_held']} / {results['peak_pg']}",
     )
     row("keepalive interval (site setting)", f"{args.keepalive:g} s")
     row("keepalives received", f"{results['keepalives']} ({results['still_open']} streams open)")
-    row("server CPU while idle", f"{results['hold_cpu'] / args.hold:.2f} cores")
+    row(
+        "server CPU while idle (the ticks)",
+        f"{results['hold_cpu'] / args.hold * 100:.1f} % of a core over {args.hold:g} s "
+        f"({args.hold / args.keepalive:.1f} keepalive intervals)",
+    )
     row(
         "terminal event fan-out p50 / p99 / max",
         f"{percentile(fanout, 0.5) * 1000:.0f} / {percentile(fanout, 0.99) * 1000:.0f} / "
@@ -936,13 +1253,10 @@ async def bench(args, raw_key, recorder):
     tracemalloc_dir = None
     if args.tracemalloc:
         tracemalloc_dir = tempfile.mkdtemp(prefix=f"stream_load_{args.server}_")
-    server = Server(args.server, args.app, port, log_path, tracemalloc_dir)
+    server = Server(args.server, args.app, port, log_path, tracemalloc_dir, args.workers)
     path = f"/api/v1/executions/{recorder.execution_id}/events"
-    server.spawn()
-    await server.wait_ready(
-        f"/api/v1/executions/exec_missing{secrets.token_hex(4)}/events", raw_key
-    )
     try:
+        await server.start(raw_key)
         if args.idle:
             streams, results = await run_idle(args, server, path, raw_key, recorder)
         else:
@@ -952,9 +1266,39 @@ async def bench(args, raw_key, recorder):
     return server, streams, results
 
 
+def common_arguments(parser, server="uvicorn", py_spy="profile the server"):
+    """Add the options every mode has."""
+    parser.add_argument("--server", choices=("daphne", "uvicorn"), default=server)
+    parser.add_argument(
+        "--settings",
+        default=BENCH_ENV["DJANGO_SETTINGS_MODULE"],
+        help="DJANGO_SETTINGS_MODULE of every process (to compare configurations)",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the machine to be under 20%% busy before starting",
+    )
+    parser.add_argument(
+        "--py-spy",
+        metavar="OUTPUT",
+        help=f"{py_spy}: .svg flame graph, .json speedscope, .txt collapsed stacks "
+        "(needs .venv/bin/pip install py-spy)",
+    )
+
+
+def configure(args, streams=0):
+    """Apply the common options and prepare PostgreSQL and Redis (``SetupError`` if not)."""
+    BENCH_ENV["DJANGO_SETTINGS_MODULE"] = args.settings
+    raise_fd_limit(streams)
+    args.py_spy_bin = find_py_spy() if args.py_spy else None
+    prepare_stores()
+
+
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--server", choices=("daphne", "uvicorn"), default="daphne")
+    common_arguments(parser, "daphne", "profile the server during the events")
     parser.add_argument("--idle", action="store_true", help="measure memory per idle stream")
     parser.add_argument(
         "--app",
@@ -962,9 +1306,7 @@ def parse_args():
         help="ASGI application to serve (bench.bare_sse:application: the server's floor)",
     )
     parser.add_argument(
-        "--settings",
-        default=BENCH_ENV["DJANGO_SETTINGS_MODULE"],
-        help="DJANGO_SETTINGS_MODULE of every process (to compare configurations)",
+        "--workers", type=int, default=1, help="uvicorn worker processes behind the one port"
     )
     parser.add_argument("--streams", type=int, help="default 1000, or 5000 with --idle")
     parser.add_argument("--rate", type=float, default=50.0, help="events per second")
@@ -979,31 +1321,65 @@ def parse_args():
         help="--idle: trace the server's Python allocations and list where the "
         "per-stream memory goes (slower; use fewer streams)",
     )
-    parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=120.0,
-        help="seconds to wait for the machine to be under 20%% busy before starting",
-    )
-    parser.add_argument(
-        "--py-spy",
-        metavar="OUTPUT",
-        help="profile the server during the events: .svg flame graph, .json speedscope, "
-        ".txt collapsed stacks",
-    )
     args = parser.parse_args()
     if args.streams is None:
         args.streams = 5000 if args.idle else 1000
+    if args.workers > 1 and args.server != "uvicorn":
+        parser.error("--workers is uvicorn's")
     return args
+
+
+def load_figures(args, server, results, analysis, tallies):
+    lags = analysis["lags"]
+    producer = results["producer"]
+    return {
+        "server": server.name,
+        "workers": server.workers,
+        "streams": args.streams,
+        "connected": results["connected"],
+        "rate": args.rate,
+        **{
+            f"lag_{name}_ms": round(percentile(lags, fraction) * 1000, 1)
+            for name, fraction in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))
+        },
+        "delivered_per_stream": round(analysis["delivered_per_second"] / args.streams, 2),
+        "server_cores": round(results["server_cores"], 3),
+        "loop_cores": round(results["loop_cores"], 3),
+        "client_cores": round(results["client_cores"], 3),
+        "producer_rate": round(producer.get("rate", 0.0), 1),
+        "streams_per_process": list(results["per_process"].values()),
+        "peak_pg": results["peak_pg"],
+        "peak_threads": results["peak_threads"],
+        **tallies,
+    }
+
+
+def idle_figures(args, server, results, tallies):
+    connected = max(results["connected"], 1)
+    return {
+        "server": server.name,
+        "workers": server.workers,
+        "streams": args.streams,
+        "connected": results["connected"],
+        "connect_seconds": round(results["connect_seconds"], 2),
+        "kib_per_stream": round((results["rss_held"] - results["rss_before"]) / connected, 2),
+        "rss_before_mib": round(results["rss_before"] / 1024, 1),
+        "rss_held_mib": round(results["rss_held"] / 1024, 1),
+        "threads_held": results["threads_held"],
+        "pg_held": results["pg_held"],
+        "peak_pg": results["peak_pg"],
+        "ticks_core_pct": round(results["hold_cpu"] / args.hold * 100, 2),
+        "hold_seconds": args.hold,
+        "keepalive_interval": args.keepalive,
+        "fanout_p99_ms": round(percentile(results["fanout"], 0.99) * 1000, 1),
+        **tallies,
+    }
 
 
 def main():
     args = parse_args()
-    BENCH_ENV["DJANGO_SETTINGS_MODULE"] = args.settings
     try:
-        raise_fd_limit(args.streams)
-        args.py_spy_bin = find_py_spy() if args.py_spy else None
-        prepare_stores()
+        configure(args, args.streams)
         raw_key, recorder = create_fixtures()
         from executions.conf import get_config
 
@@ -1014,16 +1390,22 @@ def main():
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
     if args.idle:
+        # Each stream: execution:started replayed, then execution:completed live.
+        tallies, problems = delivery_problems(streams, args.streams, last_seq=2)
         print_idle_summary(args, server, results)
+        print_tallies(tallies)
         if all(results["snapshots"]):
             print_allocations(*results["snapshots"], results["connected"])
+        mode, figures = "idle", idle_figures(args, server, results, tallies)
     else:
         times = event_times(recorder.execution_id)
         analysis = analyse_load(streams, times, first_live_seq=2)
-        print_load_summary(args, server, streams, results, analysis)
-    row("machine busy before the run", f"{args.background * 100:.0f} %")
+        tallies, problems = delivery_problems(streams, args.streams, analysis["last_seq"])
+        print_load_summary(args, server, streams, results, analysis, tallies)
+        mode, figures = "load", load_figures(args, server, results, analysis, tallies)
     row("server log", server.log_path)
-    return 0
+    verified = "every stream had every event once, in order, through the terminal event"
+    return finish(mode, figures, problems, args.background, verified)
 
 
 if __name__ == "__main__":
