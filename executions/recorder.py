@@ -96,13 +96,28 @@ def committed(msgs):
     publish_all(msgs)
 
 
+EXECUTION_FIELDS = [
+    field.attname for field in Execution._meta.concrete_fields if not field.primary_key
+]
+
+
 class _Batch:
     """The locked execution and the events a ``batch()`` has recorded so far."""
 
-    __slots__ = ("events", "execution", "items")
+    __slots__ = ("events", "execution", "items", "loaded")
 
-    def __init__(self, execution):
+    def __init__(self, execution, reserved):
         self.execution, self.events, self.items = execution, [], []
+        # The row as the database holds it: last_seq already counts the reserved events.
+        self.loaded = {field: getattr(execution, field) for field in EXECUTION_FIELDS}
+        self.loaded["last_seq"] += reserved
+
+    def save_execution(self):
+        """Write the fields of the execution that the batch changed, and only those: a
+        progress event changes last_seq alone."""
+        changed = [f for f in EXECUTION_FIELDS if getattr(self.execution, f) != self.loaded[f]]
+        if changed:
+            self.execution.save(update_fields=changed)
 
 
 class NodeRecorder:
@@ -158,7 +173,7 @@ class ExecutionRecorder:
         fields. The event is sent to the channel layer once the outermost transaction
         commits, so no stream ever sees an event that was rolled back.
         """
-        with self.batch() as batch:
+        with self.batch(reserve=1) as batch:
             execution = batch.execution
             if execution.is_finished:
                 raise ExecutionFinished(execution)
@@ -203,7 +218,7 @@ class ExecutionRecorder:
         return self._record(event_type, change)
 
     @contextlib.contextmanager
-    def batch(self):
+    def batch(self, reserve=0):
         """Record the events of the ``with`` block in one transaction: the execution is
         locked once, its events are inserted together at the end of the block and sent
         after the commit. For producers that emit many small events at once; an error in
@@ -218,18 +233,34 @@ class ExecutionRecorder:
             yield batch
             return
         with transaction.atomic():
-            batch = self._local.batch = _Batch(
-                Execution.objects.select_for_update().get(pk=self.execution_id)
-            )
+            batch = self._local.batch = _Batch(self._lock(reserve), reserve)
             try:
                 yield batch
             finally:
                 self._local.batch = None
             if batch.events:
-                batch.execution.save()
+                batch.save_execution()
                 Event.objects.bulk_create(batch.events)
                 msgs = [messages.build(batch.execution.pk, item) for item in batch.items]
                 transaction.on_commit(partial(committed, msgs))
+
+    def _lock(self, reserve):
+        """Lock the execution's row and return it, in one statement: an UPDATE that adds
+        ``reserve`` to ``last_seq`` (the sequence numbers of the events about to be
+        recorded: one when a single event is, so its transaction needs no more UPDATE for
+        it) and returns the row as it was before."""
+        table = connection.ops.quote_name(Execution._meta.db_table)
+        rows = list(
+            Execution.objects.raw(
+                f"UPDATE {table} SET last_seq = last_seq + %s WHERE id = %s RETURNING *",  # noqa: S608 (the table's own name)
+                [reserve, self.execution_id],
+            )
+        )
+        if not rows:
+            raise Execution.DoesNotExist(f"No execution {self.execution_id!r}.")
+        execution = rows[0]
+        execution.last_seq -= reserve
+        return execution
 
     def start(self):
         """Move the execution from pending to running: ``execution:started``."""

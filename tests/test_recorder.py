@@ -667,8 +667,8 @@ def test_a_batch_records_its_events_in_one_transaction_and_publishes_them_in_ord
         assert recorder.execution.last_seq == 201
         assert Event.objects.filter(execution_id=recorder.execution_id).count() == 1
     writes = [q["sql"] for q in queries if not q["sql"].startswith("SELECT COUNT")]
-    # SAVEPOINT-free: lock, one UPDATE of the execution, one INSERT of 200 events.
-    assert len([sql for sql in writes if sql.startswith(("UPDATE", "INSERT"))]) == 2
+    # SAVEPOINT-free: the lock (an UPDATE), one UPDATE of last_seq, one INSERT of the 200.
+    assert len([sql for sql in writes if sql.startswith(("UPDATE", "INSERT"))]) == 3
     events = logged(recorder.execution_id)
     assert [event.seq for event in events] == list(range(1, 202))
     assert [json.loads(e.data)["completed_nodes"] for e in events[1:]] == list(range(1, 201))
@@ -862,3 +862,14 @@ def test_pruneexecutions_deletes_finished_executions_older_than_the_age_with_the
 def test_pruneexecutions_refuses_an_age_it_cannot_read():
     with pytest.raises(CommandError, match="30d"):
         call_command("pruneexecutions", "--older-than", "a month")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_single_event_costs_a_lock_that_numbers_it_and_one_insert(user):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_statements", total_nodes=9)
+    recorder.start()
+    with CaptureQueriesContext(connection) as queries:
+        recorder.progress(completed_nodes=1)
+    statements = [q["sql"].split()[0] for q in queries]
+    assert statements == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]
+    assert [event.seq for event in logged(recorder.execution_id)] == [1, 2]
