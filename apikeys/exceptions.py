@@ -7,6 +7,7 @@ from functools import wraps
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import status
@@ -17,6 +18,9 @@ from .metrics import count_refusal
 from .responses import error_body, error_response
 
 logger = logging.getLogger(__name__)
+
+# A lost or refused database connection: the contract's 503, not a crash's 500.
+DatabaseUnavailable = (OperationalError, InterfaceError)
 
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="api"'}
 
@@ -128,6 +132,9 @@ def as_api_error(exc):
         return exc
     if isinstance(exc, Http404):
         return ResourceNotFound()
+    if isinstance(exc, DatabaseUnavailable):
+        logger.error("The database is unavailable: %r", exc)
+        return ServiceUnavailable("The database is unavailable. Retry shortly.")
     if isinstance(exc, RequestDataTooBig):
         return PayloadTooLarge(details={"limit_bytes": settings.DATA_UPLOAD_MAX_MEMORY_SIZE})
     if isinstance(exc, drf_exceptions.ValidationError):
@@ -179,6 +186,8 @@ def answers_api_errors(view):
         except APIError as error:
             count_refusal(error)
             return error_response(request, error)
+        except DatabaseUnavailable as exc:
+            return error_response(request, as_api_error(exc))
         except Exception:
             logger.exception("Unhandled error in %s", view.__qualname__)
             return error_response(request, InternalError())

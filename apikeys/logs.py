@@ -4,6 +4,7 @@ prefix, never a key or a token).
 
     LOGGING = {
         "version": 1,
+        "disable_existing_loggers": False,
         "filters": {"context": {"()": "apikeys.logs.RequestContextFilter"}},
         "formatters": {"json": {"()": "apikeys.logs.JSONFormatter"}},
         "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["context"],

@@ -11,6 +11,7 @@ stream, so an open stream waits on nothing but its own subscription.
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import signal
 import threading
@@ -22,6 +23,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from . import messages, metrics, sessions, slots
 from .conf import get_config
 from .log import log_batches
+from .models import Execution
 from .workflows import fail_abandoned
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,13 @@ TICKS_PER_KEEPALIVE = 4
 # Why a stream ends, as the metrics name it (executions_stream_closes_total).
 TERMINAL, CLIENT_LEFT = "terminal", "client_left"
 TOO_SLOW, GRANT_REVOKED, SHUTDOWN = "too_slow", "grant_revoked", "shutdown"
+DELETED = "execution_deleted"
+
+
+def shared_task(coro, name):
+    """A task that serves every stream of the process: started from whichever stream came
+    first, it must not carry that stream's context (its request id in the log lines)."""
+    return asyncio.create_task(coro, name=name, context=contextvars.Context())
 
 
 class StreamEnded(Exception):
@@ -86,7 +95,7 @@ class Subscription:
         self.wake()
 
     def end(self, reason):
-        """End the stream: ``TOO_SLOW``, ``GRANT_REVOKED`` or ``SHUTDOWN``."""
+        """End the stream: ``TOO_SLOW``, ``GRANT_REVOKED``, ``SHUTDOWN`` or ``DELETED``."""
         if not self.ended:
             self.ended = reason
         self.wake()
@@ -151,7 +160,7 @@ class Topic:
         self.flush_handle = None
         self.last_flush = 0.0
         self.ready = asyncio.Event()
-        self.task = asyncio.create_task(self.run(), name=f"executions-topic-{execution_id}")
+        self.task = shared_task(self.run(), f"executions-topic-{execution_id}")
 
     async def run(self):
         await self.hub.join(self.group)
@@ -175,10 +184,14 @@ class Topic:
                 async with asyncio.timeout(self.hub.poll_interval(self.group)):
                     seq = await self.inbox.get()
             except TimeoutError:
-                # Nothing heard: re-join (a restarted Redis forgot the group) and read the
-                # log for anything the layer did not bring.
+                # Nothing heard: re-join (a restarted Redis forgot the group), read the log
+                # for anything the layer did not bring, and end the streams of an
+                # execution that was deleted (pruned) meanwhile: no terminal event comes.
                 await self.hub.join(self.group)
                 await self.catch_up()
+                if not await self.still_exists():
+                    for subscription in self.subscriptions:
+                        subscription.end(DELETED)
                 continue
             if seq > self.last_seq:
                 await self.catch_up()
@@ -191,6 +204,16 @@ class Topic:
     def wake(self):
         """Have follow() look again at once: at its streams and at its group."""
         self.inbox.put_nowait(0)  # no event has sequence number 0
+
+    async def still_exists(self):
+        try:
+            return await sessions.run("log", self.execution_exists)
+        except Exception as exc:
+            logger.warning("Looking up execution %s failed: %r", self.execution_id, exc)
+            return True
+
+    def execution_exists(self):
+        return Execution.objects.filter(pk=self.execution_id).exists()
 
     async def catch_up(self):
         """Deliver everything logged after ``last_seq``, in order."""
@@ -319,9 +342,9 @@ class Hub:
     def start(self):
         end_streams_on_sigterm()
         if self.receiver is None and self.layer is not None:
-            self.receiver = asyncio.create_task(self.receive_forever(), name="executions-hub")
+            self.receiver = shared_task(self.receive_forever(), "executions-hub")
         if self.ticker is None:
-            self.ticker = asyncio.create_task(self.tick_forever(), name="executions-ticker")
+            self.ticker = shared_task(self.tick_forever(), "executions-ticker")
 
     def stop(self):
         """Stop receiving and ticking, once no execution is watched here."""

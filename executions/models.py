@@ -75,7 +75,11 @@ class Execution(models.Model):
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
-            models.Index(fields=["owner", "mode", "-created_at"], name="execution_owner_recent")
+            models.Index(fields=["owner", "mode", "-created_at"], name="execution_owner_recent"),
+            # pruneexecutions: finished executions by when they ended.
+            models.Index(fields=["status", "completed_at"], name="execution_status_ended"),
+            # fail_abandoned(): live executions by their last heartbeat.
+            models.Index(fields=["status", "heartbeat_at"], name="execution_status_heartbeat"),
         ]
 
     def __str__(self):

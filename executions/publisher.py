@@ -6,6 +6,7 @@ fails is logged and streams fill the gap from the log.
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import threading
 import time
@@ -60,7 +61,10 @@ class Sender:
     def _put(self, msg):
         self.queue.put_nowait(msg)
         if self.task is None or self.task.done():
-            self.task = self.loop.create_task(self._send_all(), name="executions-publisher")
+            # Sending serves every producer of the loop: none of their contexts.
+            self.task = self.loop.create_task(
+                self._send_all(), name="executions-publisher", context=contextvars.Context()
+            )
 
     async def _send_all(self):
         while not self.queue.empty():

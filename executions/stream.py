@@ -4,6 +4,7 @@ import logging
 import re
 import time
 
+from django.db import InterfaceError, OperationalError
 from django.http import HttpResponse, QueryDict
 
 from apikeys import logs
@@ -92,18 +93,30 @@ def open_stream(request, execution_id):
     return Opening(grant, execution, after, first_batch, slots.acquire(grant.quota))
 
 
+async def opening_of(request, execution_id):
+    """``open_stream()`` in a short session, once more on a new connection when the
+    database dropped the one it had (a restart, a failover): a browser's EventSource gives
+    up for good on a 500. Both times write the same (the key's last use), and the request
+    counts once against the key's rate limits (``ratelimit.count()``)."""
+    try:
+        return await sessions.run("open", open_stream, request, execution_id)
+    except (OperationalError, InterfaceError) as exc:
+        logger.warning("Opening a stream lost its database connection (%r): once more.", exc)
+        return await sessions.run("open", open_stream, request, execution_id)
+
+
 @streams_events
 @answers_api_errors
 async def execution_events(request, execution_id):
     try:
-        opening = await sessions.run("open", open_stream, request, execution_id)
+        opening = await opening_of(request, execution_id)
     finally:
         hide_token(request)
-    metrics.STREAM_OPENS.labels(type(opening.grant).__name__).inc()
-    logs.grant.set(opening.grant.display)
     if opening.first_batch is None:
         # The client has the terminal event; 204 tells EventSource to stop reconnecting.
         return HttpResponse(status=204)
+    metrics.STREAM_OPENS.labels(type(opening.grant).__name__).inc()
+    logs.grant.set(opening.grant.display)
     slot = opening.slot
     response = EventStreamResponse(event_stream(opening), slot and slot.release)
     # GZipMiddleware would compress each frame on its own and double a stream's memory;
@@ -146,7 +159,9 @@ async def event_stream(opening):
             replay = history(
                 execution_id, last_sent, read_on, subscription.from_seq, subscription.guard
             )
+            read_any = False
             async for batch in replay:
+                read_any = True
                 replayed += len(batch)
                 subscription.last_write = time.monotonic()
                 yield b"".join(item.frame for item in batch)
@@ -157,7 +172,8 @@ async def event_stream(opening):
             # Events came while it replayed (from_seq moved on): read them too, then take
             # events live, with no await between the last look and the switch.
             read_on = False
-            if last_sent >= subscription.from_seq:
+            # Nothing more in the log (caught up, or the execution was deleted meanwhile).
+            if last_sent >= subscription.from_seq or not read_any:
                 subscription.replaying = False
                 break
         metrics.REPLAY_SIZE.observe(replayed)

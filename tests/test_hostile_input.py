@@ -196,3 +196,28 @@ def test_a_run_whose_outputs_cannot_be_stored_ends_failed(user, monkeypatch, out
     assert execution.status == Status.FAILED
     assert execution.error.startswith("The workflow's outputs could not be recorded:")
     assert Event.objects.filter(execution=execution).last().type == "execution:failed"
+
+
+# The database down: the contract's 503, never a 500.
+
+
+def test_a_database_that_does_not_answer_is_a_503_on_the_rest_api(client, raw, monkeypatch):
+    from django.db import OperationalError
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("executions.views.find_execution", unreachable)
+    response = call(client, "get", "/api/v1/executions/exec_x", raw)
+    assert_error(response, 503, "service_unavailable")
+
+
+def test_a_database_that_does_not_answer_is_a_503_on_the_stream(raw, monkeypatch):
+    from django.db import OperationalError
+
+    def unreachable(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr("executions.stream.open_stream", unreachable)
+    response, _ = fetch_events("/api/v1/executions/exec_x/events", raw)
+    assert_error(response, 503, "service_unavailable")

@@ -707,6 +707,16 @@ async def test_events_during_a_streams_replay_are_read_from_the_log_not_queued(
     assert ids_of(body) == list(range(1, 13))
 
 
+async def test_a_stream_ends_when_its_execution_is_deleted(user, raw_key, connect, settings):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "POLL_INTERVAL": 0.2}
+    recorder = await db(running, user)
+    stream = await connect(recorder.execution_id, raw_key)
+    await stream.wait_for(lambda s: s.ids == [1])
+    await db(Execution.objects.filter(pk=recorder.execution_id).delete)
+    await stream.end()
+    await eventually(hub_is_idle)
+
+
 async def test_a_site_without_a_channel_layer_still_streams_from_the_log(
     user, raw_key, connect, settings
 ):
