@@ -16,6 +16,9 @@ TEST_ENV := DATABASE_URL=$${TEST_DATABASE_URL:-postgres://postgres@127.0.0.1:543
 
 # The browser tests drive Debian's Chromium through Playwright (no browser download).
 CHROMIUM := /usr/bin/chromium
+# The fleet test runs Debian's nginx in front of the server processes, as the test user on
+# its own ports and files (docs/nginx/flowmaestro.conf); the system's site is never used.
+NGINX := /usr/sbin/nginx
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: demo test lint services bench screenshots
@@ -48,19 +51,46 @@ $(CHROMIUM):
 	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q chromium >/dev/null; } || \
 	  { echo "ERROR: could not install Chromium (apt-get install chromium): the browser tests need it." >&2; exit 1; }
 
-# On demand, not in CI: minutes of load on a quiet machine (docs/performance.md).
+$(NGINX):
+	@echo "nginx is missing: installing Debian's package for the fleet test."
+	@export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y -q nginx >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q nginx >/dev/null; } || \
+	  { echo "ERROR: could not install nginx (apt-get install nginx): the fleet test needs it." >&2; exit 1; }
+
+# On demand, not in CI: about half an hour of load on a quiet machine (bench/README.md,
+# docs/performance.md). Every run goes on when one fails; the target fails if any did.
+BENCH_RUNS := \
+  "open_rate.py --server uvicorn" \
+  "open_rate.py --server daphne" \
+  "open_rate.py --server uvicorn --streams 5000 --pace 0" \
+  "open_rate.py --server daphne --streams 5000 --pace 0" \
+  "storm.py --server uvicorn" \
+  "storm.py --server daphne" \
+  "rest_load.py --server uvicorn" \
+  "rest_load.py --server daphne" \
+  "record_rate.py" \
+  "late_join.py --server uvicorn" \
+  "late_join.py --server daphne" \
+  "stream_load.py --server uvicorn" \
+  "stream_load.py --server daphne" \
+  "stream_load.py --server uvicorn --workers 2 --streams 2000" \
+  "stream_load.py --server uvicorn --idle --streams 10000" \
+  "stream_load.py --server daphne --idle --streams 10000" \
+  "shutdown.py --server uvicorn" \
+  "shutdown.py --server daphne"
+
 bench: $(STAMP) services
-	for server in daphne uvicorn; do \
-	  $(BIN)/python bench/stream_load.py --server $$server && \
-	  $(BIN)/python bench/stream_load.py --server $$server --idle || exit 1; \
-	done
+	@status=0; for run in $(BENCH_RUNS); do \
+	  echo "== bench/$$run"; $(BIN)/python bench/$$run || status=1; \
+	done; exit $$status
 
 # The live page's screenshots in docs/screenshots/, taken by the browser tests (running,
 # failed and completed, and one at a phone's width).
 screenshots: $(STAMP) $(CHROMIUM) services
 	SCREENSHOTS_DIR=docs/screenshots $(TEST_ENV) $(BIN)/pytest tests/test_browser.py -k "watches or failed_run"
 
-test: $(STAMP) $(SDK_STAMP) $(CHROMIUM) lint services
+test: $(STAMP) $(SDK_STAMP) $(CHROMIUM) $(NGINX) lint services
 	$(BIN)/python manage.py check --fail-level WARNING
 	$(TEST_ENV) $(BIN)/pytest
 	$(TEST_ENV) $(BIN)/nox

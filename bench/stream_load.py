@@ -64,7 +64,8 @@ SERVER_APPLICATION_NAME = "bench-server"
 BENCH_ENV = {
     "DATABASE_URL": DATABASE_URL,
     "REDIS_URL": REDIS_URL,
-    "DJANGO_SETTINGS_MODULE": "flowmaestro.settings",
+    # The demo site's, but for the per-key limit of open streams (bench/settings.py).
+    "DJANGO_SETTINGS_MODULE": "bench.settings",
     # Production-like: DEBUG off (no per-connection query log), warnings only.
     "DEBUG": "0",
     "LOG_LEVEL": "WARNING",

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from functools import partial
 from pathlib import Path
 from urllib.parse import quote
@@ -234,6 +235,26 @@ class LiveServer:
     def thread_count(self):
         """Return how many OS threads the server process has now."""
         return len(os.listdir(f"/proc/{self.pid}/task"))
+
+    def thread_names(self):
+        """Return how many OS threads of each name the server process has now."""
+        names = []
+        for task in os.listdir(f"/proc/{self.pid}/task"):
+            with open(f"/proc/{self.pid}/task/{task}/comm") as comm:
+                names.append(comm.read().strip())
+        return Counter(names)
+
+    def fd_count(self):
+        """Return how many file descriptors (sockets included) the server process holds."""
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def rss(self):
+        """Return the server process's resident memory (``VmRSS``), in bytes."""
+        with open(f"/proc/{self.pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError(f"No VmRSS for process {self.pid}")
 
     def log(self):
         """Return what the process printed so far."""
