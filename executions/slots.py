@@ -43,6 +43,14 @@ redis.call('EXPIRE', KEYS[1], 86400)
 return total + 1
 """
 
+# Give one of this process's slots of a key back, unless Redis holds none: a Redis that
+# restarted forgot the counts, and a count below zero would let the key hold more.
+RELEASE = """
+if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') > 0 then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+end
+"""
+
 
 class Slot:
     """One open stream's place in its key's count; ``release()`` gives it back, once."""
@@ -93,6 +101,7 @@ class RedisStore:
         self.prefix = prefix
         self.heartbeat_prefix = f"{prefix}:process:"
         self.acquire_script = self.client.register_script(ACQUIRE)
+        self.release_script = self.client.register_script(RELEASE)
 
     def key(self, owner):
         return f"{self.prefix}:{owner}"
@@ -106,7 +115,7 @@ class RedisStore:
 
     def release(self, owner):
         try:
-            self.client.hincrby(self.key(owner), PROCESS_ID, -1)
+            self.release_script(keys=[self.key(owner)], args=[PROCESS_ID])
         except Exception as exc:  # the heartbeat's end frees it
             logger.warning("Releasing a stream slot failed: %r", exc)
 

@@ -101,6 +101,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
             "timeout": 10,
         }
     }
+    # The pool checks a connection (an empty query) before lending it: without this it
+    # lends one the database has dropped (a restart, a failover, an idle timeout) once
+    # more, and that request, a stream's opening, answers 500.
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # IMMEDIATE takes the write lock at BEGIN, so two writers appending to one
     # execution's event log queue up instead of failing with "database is locked".
