@@ -68,8 +68,14 @@ EVENT_FIELDS = {
 }
 
 PAGE_PARAMETERS = [
-    OpenApiParameter("page", int, description="Page number, from 1."),
-    OpenApiParameter("per_page", int, description="Items per page: default 20, at most 100."),
+    OpenApiParameter(
+        "page", {"type": "integer", "minimum": 1}, description="Page number, from 1."
+    ),
+    OpenApiParameter(
+        "per_page",
+        {"type": "integer", "minimum": 1},
+        description="Items per page: default 20; more than 100 gives 100.",
+    ),
 ]
 
 Meta = inline_serializer(
