@@ -68,9 +68,7 @@ EVENT_FIELDS = {
 }
 
 PAGE_PARAMETERS = [
-    OpenApiParameter(
-        "page", {"type": "integer", "minimum": 1}, description="Page number, from 1."
-    ),
+    OpenApiParameter("page", {"type": "integer", "minimum": 1}, description="Page number, from 1."),
     OpenApiParameter(
         "per_page",
         {"type": "integer", "minimum": 1},
