@@ -697,10 +697,12 @@ async def test_events_during_a_streams_replay_are_read_from_the_log_not_queued(
 
     await db(record_ten)
     topic = get_hub().topics[recorder.execution_id]
-    await eventually(lambda: topic.last_seq == 11)
     [subscription] = topic.subscriptions
+    # Handed out (not only received): the topic moved the replaying stream's from_seq on.
+    await eventually(lambda: subscription.from_seq == 11)
     assert (subscription.items, subscription.ended) == ([], None)  # not too slow: replaying
     await db(recorder.complete)
+    await eventually(lambda: subscription.from_seq == 12)
     async with asyncio.timeout(TIMEOUT):
         async for chunk in content:
             body += chunk
