@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.checks import Error, Tags, Warning, register
 
 from .conf import app_settings, get_config
+from .retention import configured_retention, is_valid_retention
 
 IN_MEMORY_LAYER = "channels.layers.InMemoryChannelLayer"
 
@@ -15,6 +16,20 @@ def configured_layer():
 @register()
 def check_settings_keys(app_configs, **kwargs):
     return app_settings.check_keys("executions.E002")
+
+
+@register()
+def check_retention(app_configs, **kwargs):
+    if is_valid_retention(configured_retention()):
+        return []
+    return [
+        Error(
+            f"EXECUTIONS['RETENTION'] is {configured_retention()!r}: it must be a positive "
+            "datetime.timedelta, or None to keep finished executions until deleted.",
+            hint="For example EXECUTIONS = {'RETENTION': timedelta(days=30)}.",
+            id="executions.E003",
+        )
+    ]
 
 
 @register(Tags.compatibility)

@@ -58,6 +58,10 @@ CONFIG_DEFAULTS = {
     # another process) before the server's own graceful shutdown, which would otherwise
     # wait for them to end (executions.fanout.end_streams_on_sigterm).
     "END_STREAMS_ON_SIGTERM": True,
+    # How long finished executions (completed, failed, cancelled) and their event logs are
+    # kept after they end: a datetime.timedelta, or None to keep them until deleted.
+    # pruneexecutions deletes older ones (executions.retention).
+    "RETENTION": None,
     # Seconds the readiness check (executions.health) waits on PostgreSQL and on Redis.
     "HEALTH_TIMEOUT": 2.0,
     # A bearer secret that reads the metrics (executions.metrics.metrics_view) besides a

@@ -51,8 +51,12 @@ class Execution(models.Model):
     id = models.CharField(
         primary_key=True, max_length=ID_LENGTH, default=new_execution_id, editable=False
     )
+    # Indexed by execution_owner_recent, which leads with the owner.
     owner = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="executions"
+        settings.AUTH_USER_MODEL,
+        on_delete=models.CASCADE,
+        related_name="executions",
+        db_index=False,
     )
     mode = models.CharField(max_length=4, choices=Mode.choices, default=Mode.LIVE)
     workflow_id = models.CharField(max_length=100, db_index=True)
@@ -97,7 +101,10 @@ class Execution(models.Model):
 
 
 class NodeRun(models.Model):
-    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="nodes")
+    # Indexed by noderun_once_per_execution, which leads with the execution.
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="nodes", db_index=False
+    )
     node_id = models.CharField(max_length=100)
     node_type = models.CharField(max_length=100)
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
@@ -122,7 +129,12 @@ class NodeRun(models.Model):
 class Event(models.Model):
     """One recorded event: the append-only log every stream replays from."""
 
-    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="events")
+    # Indexed by event_seq_unique_per_execution, which leads with the execution: a second
+    # index of the execution alone (and its LIKE twin) would cost every insert and
+    # a third of the log's index space for nothing.
+    execution = models.ForeignKey(
+        Execution, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
     seq = models.PositiveIntegerField()
     type = models.CharField(max_length=40)
     # The event's JSON exactly as streams send it in "data:", encoded once at record time.

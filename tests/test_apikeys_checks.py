@@ -1,5 +1,7 @@
 """System checks that turn misconfiguration into a message with an id and a hint."""
 
+from datetime import timedelta
+
 import pytest
 from django.core.checks import run_checks
 from django.test import override_settings
@@ -255,3 +257,18 @@ def test_deployment_checks_are_quiet_about_a_configured_site(settings):
     configure(settings, ACCEPT_TEST_KEYS=False)
     found = {message.id for message in run_checks(include_deployment_checks=True)}
     assert not found & MISCONFIGURATION_IDS
+
+
+# executions.E003: a retention pruneexecutions cannot use.
+
+
+@pytest.mark.parametrize("retention", [30, "30d", timedelta(0), timedelta(days=-1)])
+def test_a_retention_that_is_not_a_positive_timedelta_is_an_error(settings, retention):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "RETENTION": retention}
+    assert ids(executions_checks.check_retention(None)) == ["executions.E003"]
+
+
+@pytest.mark.parametrize("retention", [None, timedelta(days=30)])
+def test_no_retention_or_a_positive_one_passes(settings, retention):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "RETENTION": retention}
+    assert executions_checks.check_retention(None) == []

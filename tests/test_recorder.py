@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from apikeys.asyncdb import run_in_short_session
 from executions import publisher
+from executions.log import read_log
 from executions.messages import group_name
 from executions.models import Event, Execution, NodeRun, Status
 from executions.recorder import ExecutionFinished, ExecutionRecorder
@@ -829,20 +830,26 @@ def test_failabandoned_prints_the_executions_it_failed(user):
 # Retention: pruneexecutions.
 
 
-@pytest.mark.django_db(transaction=True)
-def test_pruneexecutions_deletes_finished_executions_older_than_the_age_with_their_log(user):
-    def finished(days_ago, events=3):
-        recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_old")
+def finished_executions(owner, days_ago, events=1):
+    """Completed executions (``execution:started``, ``events`` progress events, the
+    terminal one) that ended these numbers of days ago; their ids."""
+    ids = []
+    for days in days_ago:
+        recorder = ExecutionRecorder.create(owner=owner, workflow_id="wf_old")
         recorder.start()
         for number in range(events):
             recorder.progress(completed_nodes=number, total_nodes=events)
         recorder.complete({})
-        ended = timezone.now() - timedelta(days=days_ago)
+        ended = timezone.now() - timedelta(days=days)
         Execution.objects.filter(pk=recorder.execution_id).update(completed_at=ended)
-        return recorder.execution_id
+        ids.append(recorder.execution_id)
+    return ids
 
-    old = [finished(40), finished(35, events=50)]
-    recent = finished(5)
+
+@pytest.mark.django_db(transaction=True)
+def test_pruneexecutions_deletes_finished_executions_older_than_the_age_with_their_log(user):
+    old = finished_executions(user, [40], events=3) + finished_executions(user, [35], events=50)
+    (recent,) = finished_executions(user, [5], events=3)
     running = ExecutionRecorder.create(owner=user, workflow_id="wf_running")
     running.start()
     Execution.objects.filter(pk=running.execution_id).update(
@@ -859,9 +866,78 @@ def test_pruneexecutions_deletes_finished_executions_older_than_the_age_with_the
     assert not Event.objects.filter(execution_id__in=old).exists()
 
 
-def test_pruneexecutions_refuses_an_age_it_cannot_read():
+@pytest.mark.parametrize("age", ["a month", "0d", "3w"])
+def test_pruneexecutions_refuses_an_age_it_cannot_read(age):
     with pytest.raises(CommandError, match="30d"):
-        call_command("pruneexecutions", "--older-than", "a month")
+        call_command("pruneexecutions", "--older-than", age)
+
+
+def test_pruneexecutions_without_an_age_or_a_retention_refuses_to_guess(settings):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "RETENTION": None}
+    with pytest.raises(CommandError, match="RETENTION"):
+        call_command("pruneexecutions")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pruneexecutions_keeps_the_configured_retention_by_default(settings, user):
+    settings.EXECUTIONS = {**settings.EXECUTIONS, "RETENTION": timedelta(days=7)}
+    kept, _ = finished_executions(user, days_ago=[3, 10])
+    out = StringIO()
+    call_command("pruneexecutions", stdout=out)
+    assert out.getvalue().strip() == "Deleted 1 execution(s) and 3 event(s)."
+    assert list(Execution.objects.values_list("pk", flat=True)) == [kept]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_pruning_while_producers_record_and_a_stream_replays_loses_no_kept_event(user):
+    old = finished_executions(user, days_ago=[40] * 30, events=40)
+    kept = finished_executions(user, days_ago=[1], events=600)[0]
+    running = [ExecutionRecorder.create(owner=user, workflow_id="wf_live") for _ in range(3)]
+    failures, replays = [], []
+    pruned = threading.Event()
+
+    def record(recorder):
+        try:
+            recorder.start()
+            while not pruned.is_set():
+                recorder.progress(completed_nodes=0, total_nodes=1)
+            recorder.complete({})
+        except Exception as exc:  # any failure fails the test below
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    def replay():
+        try:
+            while not pruned.is_set():
+                replays.append([item.seq for item in read_log(kept, 0, 10_000)])
+        except Exception as exc:
+            failures.append(exc)
+        finally:
+            connections.close_all()
+
+    workers = [threading.Thread(target=record, args=(r,)) for r in running]
+    workers.append(threading.Thread(target=replay))
+    for worker in workers:
+        worker.start()
+    try:
+        call_command(
+            "pruneexecutions", "--older-than", "30d", "--batch-size", "4", stdout=StringIO()
+        )
+    finally:
+        pruned.set()
+        for worker in workers:
+            worker.join(30)
+
+    assert failures == []
+    assert not Execution.objects.filter(pk__in=old).exists()
+    assert not Event.objects.filter(execution_id__in=old).exists()
+    assert replays and all(seqs == list(range(1, 603)) for seqs in replays)
+    for recorder in running:
+        execution = Execution.objects.get(pk=recorder.execution_id)
+        seqs = list(Event.objects.filter(execution=execution).values_list("seq", flat=True))
+        assert execution.status == Status.COMPLETED
+        assert seqs == list(range(1, execution.last_seq + 1))
 
 
 @pytest.mark.django_db(transaction=True)

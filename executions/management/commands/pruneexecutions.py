@@ -2,9 +2,8 @@ import re
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils import timezone
 
-from executions.models import TERMINAL_STATUSES, Execution
+from executions.retention import configured_retention, delete_batch, expired
 
 DURATION = re.compile(r"^(\d+)([dhm])$")
 UNITS = {"d": "days", "h": "hours", "m": "minutes"}
@@ -13,20 +12,24 @@ UNITS = {"d": "days", "h": "hours", "m": "minutes"}
 def parse_age(text):
     """``"30d"``, ``"12h"`` or ``"90m"`` as a timedelta."""
     match = DURATION.match(text)
-    if match is None:
-        raise CommandError(f"--older-than {text!r}: give a number and d, h or m, e.g. 30d.")
+    if match is None or int(match.group(1)) == 0:
+        raise CommandError(
+            f"--older-than {text!r}: give a positive number and d, h or m, e.g. 30d."
+        )
     return timedelta(**{UNITS[match.group(2)]: int(match.group(1))})
 
 
 class Command(BaseCommand):
     help = (
         "Delete finished executions (completed, failed, cancelled) that ended longer ago "
-        "than --older-than, with their node runs and event log, in batches. Running and "
-        "pending executions are never touched."
+        "than --older-than (default: EXECUTIONS['RETENTION']), with their node runs and "
+        "event log, in batches. Running and pending executions are never touched."
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--older-than", required=True, help="e.g. 30d, 12h, 90m")
+        parser.add_argument(
+            "--older-than", help="e.g. 30d, 12h, 90m (default: EXECUTIONS['RETENTION'])"
+        )
         parser.add_argument(
             "--batch-size", type=int, default=500, help="executions deleted per transaction"
         )
@@ -35,19 +38,22 @@ class Command(BaseCommand):
     def handle(self, *args, older_than, batch_size, dry_run, **options):
         if batch_size < 1:
             raise CommandError("--batch-size must be at least 1.")
-        cutoff = timezone.now() - parse_age(older_than)
-        old = Execution.objects.filter(status__in=TERMINAL_STATUSES, completed_at__lt=cutoff)
+        if older_than is not None:
+            age = parse_age(older_than)
+        elif (age := configured_retention()) is None:
+            raise CommandError(
+                "Nothing to prune by: EXECUTIONS['RETENTION'] is None (keep everything). "
+                "Set it, or give --older-than."
+            )
+        old = expired(age)
         if dry_run:
             self.stdout.write(f"{old.count()} execution(s) would be deleted.")
             return
         executions = events = 0
         while True:
-            # Small transactions: an execution's node runs and events go with it (one
-            # DELETE each per batch), and a batch of long runs is many rows.
-            ids = list(old.order_by("completed_at").values_list("pk", flat=True)[:batch_size])
-            if not ids:
+            deleted, deleted_events = delete_batch(old, batch_size)
+            if not deleted:
                 break
-            _, deleted = Execution.objects.filter(pk__in=ids).delete()
-            executions += deleted.get("executions.Execution", 0)
-            events += deleted.get("executions.Event", 0)
+            executions += deleted
+            events += deleted_events
         self.stdout.write(f"Deleted {executions} execution(s) and {events} event(s).")
