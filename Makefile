@@ -78,7 +78,8 @@ BENCH_RUNS := \
   "stream_load.py --server uvicorn --idle --streams 10000" \
   "stream_load.py --server daphne --idle --streams 10000" \
   "shutdown.py --server uvicorn" \
-  "shutdown.py --server daphne"
+  "shutdown.py --server daphne" \
+  "log_scale.py"
 
 bench: $(STAMP) services
 	@status=0; for run in $(BENCH_RUNS); do \

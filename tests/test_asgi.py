@@ -16,6 +16,7 @@ import weakref
 
 import django
 import pytest
+from asgiref.sync import SyncToAsync
 from django.core import signals
 from django.core.handlers.asgi import ASGIHandler
 from django.urls import get_resolver
@@ -153,6 +154,49 @@ async def test_other_views_are_served_by_djangos_handler(handler, user, key_head
     exchange = await Exchange(handler, "/api/v1/workflows", [key_header]).finished()
     assert exchange.start["status"] == 200
     assert json.loads(exchange.body)["data"][0]["id"] == "wf_demo"
+
+
+@pytest.mark.asyncio
+async def test_a_sync_views_middleware_and_view_run_in_one_trip_to_its_thread(
+    handler, key_header, monkeypatch
+):
+    call, trips = SyncToAsync.__call__, []
+
+    def counting_call(self, *args, **kwargs):
+        trips.append(getattr(self.func, "__qualname__", repr(self.func)))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counting_call)
+    exchange = await Exchange(handler, "/api/v1/workflows", [key_header]).finished()
+    assert exchange.start["status"] == 200
+    # The request's signals (started, finished by the response's close) and the chain.
+    assert trips.count("BaseHandler.get_response") == 1
+    assert not [trip for trip in trips if "process_" in trip or "Middleware" in trip]
+
+
+ASYNC_ONLY_SEEN = []
+
+
+@async_only_middleware
+def note_async_only(get_response):
+    """A host's middleware that runs only as a coroutine."""
+
+    async def middleware(request):
+        ASYNC_ONLY_SEEN.append(request.path)
+        response = await get_response(request)
+        response["X-Async-Only"] = "1"
+        return response
+
+    return middleware
+
+
+@pytest.mark.asyncio
+async def test_an_async_only_middleware_still_wraps_a_sync_view(settings, key_header):
+    settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_asgi.note_async_only"]
+    exchange = await Exchange(StreamingASGIHandler(), "/api/v1/workflows", [key_header]).finished()
+    assert exchange.start["status"] == 200
+    assert dict(exchange.start["headers"])[b"X-Async-Only"] == b"1"
+    assert ASYNC_ONLY_SEEN == ["/api/v1/workflows"]
 
 
 @pytest.mark.asyncio
