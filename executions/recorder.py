@@ -14,6 +14,7 @@ group only after that transaction commits. Sync methods have ``a``-prefixed asyn
 """
 
 import contextlib
+import copy
 import logging
 import threading
 import time
@@ -87,6 +88,44 @@ def close_running_nodes(execution, status, now, error=None):
         run.status, run.completed_at, run.error = status, now, error
         run.duration_ms = round((now - run.started_at).total_seconds() * 1000)
         run.save(update_fields=["status", "completed_at", "error", "duration_ms"])
+
+
+def encoded(event_type, execution_id, fields):
+    """The event's data line, or ``UnstorableEvent`` when it is over ``MAX_EVENT_BYTES``."""
+    data = events.encode_data(event_type, execution_id, fields)
+    limit = get_config()["MAX_EVENT_BYTES"]
+    if len(data) > limit:
+        raise UnstorableEvent(
+            f"The {event_type} event is {len(data)} bytes; the most is {limit} "
+            "(EXECUTIONS['MAX_EVENT_BYTES'])."
+        )
+    return data
+
+
+def can_record_in_one_statement():
+    """Whether an event can be recorded by one statement committed on its own: outside a
+    transaction, on PostgreSQL (whose UPDATE runs inside a WITH; SQLite's cannot)."""
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
+def record_statement(execution, changed, last_seq, event_type, data):
+    """The SQL and parameters of ``_record_in_one_statement()``: update the ``changed``
+    fields of ``execution`` if its ``last_seq`` is still ``last_seq``, and insert the
+    event only then."""
+    quote = connection.ops.quote_name
+    columns = {f.attname: f for f in Execution._meta.concrete_fields}
+    assignments = ", ".join(f"{quote(columns[name].column)} = %s" for name in changed)
+    values = [
+        columns[name].get_db_prep_save(getattr(execution, name), connection) for name in changed
+    ]
+    sql = (
+        f"WITH locked AS (UPDATE {quote(Execution._meta.db_table)} SET {assignments} "  # noqa: S608 (the models' own names)
+        "WHERE id = %s AND last_seq = %s RETURNING id) "
+        f"INSERT INTO {quote(Event._meta.db_table)} (execution_id, seq, type, data, created_at) "
+        "SELECT id, %s, %s, %s, %s FROM locked"
+    )
+    params = [*values, execution.pk, last_seq, execution.last_seq, event_type, data, timezone.now()]
+    return sql, params
 
 
 def committed(msgs):
@@ -166,13 +205,19 @@ class ExecutionRecorder:
             return batch.execution
         return Execution.objects.get(pk=self.execution_id)
 
-    def _record(self, event_type, change):
+    def _record(self, event_type, change, execution_only=False):
         """Apply ``change(execution, now)`` and append its event, atomically.
 
         ``change`` mutates the locked execution (and any node run) and returns the event's
         fields. The event is sent to the channel layer once the outermost transaction
-        commits, so no stream ever sees an event that was rolled back.
+        commits, so no stream ever sees an event that was rolled back. A ``change`` that
+        touches the execution alone (``execution_only``) is recorded in one statement when
+        it can be (``_record_in_one_statement()``).
         """
+        if execution_only and can_record_in_one_statement():
+            execution = self._record_in_one_statement(event_type, change)
+            if execution is not None:
+                return execution
         with self.batch(reserve=1) as batch:
             execution = batch.execution
             if execution.is_finished:
@@ -181,15 +226,48 @@ class ExecutionRecorder:
             fields = change(execution, now)
             execution.last_seq += 1
             seq = execution.last_seq
-            data = events.encode_data(event_type, execution.pk, fields)
-            limit = get_config()["MAX_EVENT_BYTES"]
-            if len(data) > limit:
-                raise UnstorableEvent(
-                    f"The {event_type} event is {len(data)} bytes; the most is {limit} "
-                    "(EXECUTIONS['MAX_EVENT_BYTES'])."
-                )
+            data = encoded(event_type, execution.pk, fields)
             batch.events.append(Event(execution=execution, seq=seq, type=event_type, data=data))
             batch.items.append(Item(seq, event_type, events.frame(seq, event_type, data)))
+        # Committed (unless inside the caller's transaction): what the next event starts from.
+        self._local.known = None if connection.in_atomic_block else execution
+        return execution
+
+    def _record_in_one_statement(self, event_type, change):
+        """Record an event that changes the execution alone in one statement, committed
+        on its own: the UPDATE of the fields ``change`` set and the event's INSERT, on
+        the condition that the execution's ``last_seq`` is still the one this thread last
+        recorded. Return the execution, or None when that is not known or no longer
+        holds (another producer recorded since): the caller locks the row instead.
+
+        One round trip where a transaction takes four (BEGIN, lock, INSERT, COMMIT).
+        """
+        known = getattr(self._local, "known", None)
+        if known is None or known.is_finished:
+            return None
+        execution = copy.copy(known)
+        loaded = {field: getattr(execution, field) for field in EXECUTION_FIELDS}
+        now = timezone.now()
+        fields = change(execution, now)
+        execution.last_seq += 1
+        seq = execution.last_seq
+        data = encoded(event_type, execution.pk, fields)
+        changed = [f for f in EXECUTION_FIELDS if getattr(execution, f) != loaded[f]]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                *record_statement(execution, changed, loaded["last_seq"], event_type, data)
+            )
+            recorded = cursor.rowcount == 1
+        self._local.known = execution if recorded else None
+        if not recorded:
+            return None
+        committed(
+            [
+                messages.build(
+                    execution.pk, Item(seq, event_type, events.frame(seq, event_type, data))
+                )
+            ]
+        )
         return execution
 
     def _record_end(self, event_type, change):
@@ -290,7 +368,7 @@ class ExecutionRecorder:
                 "total_nodes": total,
             }
 
-        return self._record(events.EXECUTION_PROGRESS, change)
+        return self._record(events.EXECUTION_PROGRESS, change, execution_only=True)
 
     def start_node(self, node_id, node_type):
         """Record ``node:started`` (``node()`` is the usual way in)."""

@@ -940,12 +940,58 @@ def test_pruning_while_producers_record_and_a_stream_replays_loses_no_kept_event
         assert seqs == list(range(1, execution.last_seq + 1))
 
 
+def statements_of(record):
+    with CaptureQueriesContext(connection) as queries:
+        record()
+    return [query["sql"].split()[0] for query in queries]
+
+
 @pytest.mark.django_db(transaction=True)
-def test_a_single_event_costs_a_lock_that_numbers_it_and_one_insert(user):
+def test_an_event_costs_a_lock_that_numbers_it_and_one_insert(user):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_statements", total_nodes=9)
+    # The lock, then the fields the event changed (status, started_at).
+    assert statements_of(recorder.start) == ["BEGIN", "UPDATE", "UPDATE", "INSERT", "COMMIT"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_after_the_recorders_own_last_event_costs_one_statement(user):
     recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_statements", total_nodes=9)
     recorder.start()
-    with CaptureQueriesContext(connection) as queries:
+    assert statements_of(lambda: recorder.progress(completed_nodes=1)) == ["WITH"]
+    assert statements_of(lambda: recorder.progress(completed_nodes=2, total_nodes=4)) == ["WITH"]
+    execution = Execution.objects.get(pk=recorder.execution_id)
+    assert (execution.last_seq, execution.total_nodes) == (3, 4)
+    assert [(e.seq, e.type) for e in logged(recorder.execution_id)] == [
+        (1, "execution:started"),
+        (2, "execution:progress"),
+        (3, "execution:progress"),
+    ]
+    assert json.loads(logged(recorder.execution_id)[-1].data)["total_nodes"] == 4
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_after_another_producers_event_locks_the_row_instead(user):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_statements", total_nodes=9)
+    recorder.start()
+    ExecutionRecorder(recorder.execution_id).progress(completed_nodes=1)
+    assert statements_of(lambda: recorder.progress(completed_nodes=2)) == [
+        "WITH",  # last_seq is no longer the one this recorder knew: nothing written
+        "BEGIN",
+        "UPDATE",
+        "INSERT",
+        "COMMIT",
+    ]
+    assert [event.seq for event in logged(recorder.execution_id)] == [1, 2, 3]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_progress_after_another_process_cancelled_the_run_is_refused(user):
+    recorder = ExecutionRecorder.create(owner=user, workflow_id="wf_statements", total_nodes=9)
+    recorder.start()
+    ExecutionRecorder(recorder.execution_id).cancel()
+    with pytest.raises(ExecutionFinished):
         recorder.progress(completed_nodes=1)
-    statements = [q["sql"].split()[0] for q in queries]
-    assert statements == ["BEGIN", "UPDATE", "INSERT", "COMMIT"]
-    assert [event.seq for event in logged(recorder.execution_id)] == [1, 2]
+    assert [event.type for event in logged(recorder.execution_id)] == [
+        "execution:started",
+        "execution:cancelled",
+    ]
