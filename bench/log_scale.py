@@ -36,7 +36,16 @@ import sys
 import time
 from datetime import timedelta
 
-from stream_load import ADMIN_DSN, BENCH_ENV, HOST, ROOT, SetupError, describe_load, machine_load
+from stream_load import (
+    ADMIN_DSN,
+    BENCH_ENV,
+    HOST,
+    ROOT,
+    SetupError,
+    describe_load,
+    machine_load,
+    migrate,
+)
 
 DATABASE_NAME = "bench_log"
 HISTORY = 10_000
@@ -45,8 +54,6 @@ USERNAME = "bench_log"
 
 def prepare_database(regenerate):
     """Create ``bench_log`` (dropped first with ``regenerate``) and migrate it."""
-    import subprocess
-
     import psycopg
 
     with psycopg.connect(ADMIN_DSN, autocommit=True) as conn:
@@ -56,17 +63,7 @@ def prepare_database(regenerate):
             "select 1 from pg_database where datname = %s", (DATABASE_NAME,)
         ).fetchone():
             conn.execute(f'create database "{DATABASE_NAME}"')
-    migrate = subprocess.run(
-        [sys.executable, "manage.py", "migrate", "--noinput", "-v", "0"],
-        cwd=ROOT,
-        env={**os.environ, **BENCH_ENV},
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if migrate.returncode:
-        raise SetupError(f"migrate failed:\n{migrate.stderr[-2000:]}")
+    migrate()
 
 
 def setup_django():
