@@ -6,7 +6,9 @@ from asgiref.sync import sync_to_async
 from django.db import connections
 
 
-def _in_short_session(func, args, kwargs):
+def in_short_session(func, *args, **kwargs):
+    """Run ``func`` and close the thread's database connections after (with a connection
+    pool, they go back to it)."""
     try:
         return func(*args, **kwargs)
     finally:
@@ -15,14 +17,13 @@ def _in_short_session(func, args, kwargs):
 
 
 async def run_in_short_session(func, *args, **kwargs):
-    """Run ``func`` in the shared worker pool and close its database connections after
-    (with a connection pool, they go back to it).
+    """``in_short_session()`` in the shared worker pool.
 
     Django's async ORM runs on a thread owned by the request and keeps its connection
     open for the request's life; an event stream lives for minutes, so it borrows a pool
     thread and a connection only for as long as each read takes.
     """
-    return await sync_to_async(_in_short_session, thread_sensitive=False)(func, args, kwargs)
+    return await sync_to_async(in_short_session, thread_sensitive=False)(func, *args, **kwargs)
 
 
 class ShortSessions:
@@ -33,5 +34,5 @@ class ShortSessions:
         self.executor = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"db-{name}")
 
     async def run(self, func, *args, **kwargs):
-        run = sync_to_async(_in_short_session, thread_sensitive=False, executor=self.executor)
-        return await run(func, args, kwargs)
+        run = sync_to_async(in_short_session, thread_sensitive=False, executor=self.executor)
+        return await run(func, *args, **kwargs)

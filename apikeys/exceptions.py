@@ -4,6 +4,7 @@ and the DRF exception handler that answers every error, even a crash, in the env
 import logging
 from functools import wraps
 
+from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import RequestDataTooBig
@@ -176,20 +177,35 @@ def exception_handler(exc, context):
 
 
 def answers_api_errors(view):
-    """Decorate an async view outside DRF: an ``APIError`` it raises is answered in the
-    envelope, and so is a crash, as ``internal_error`` (logged, never in the body)."""
+    """Decorate a view outside DRF, sync or async: an ``APIError`` it raises is answered
+    in the envelope, and so is a crash, as ``internal_error`` (logged, never in the body)."""
+    if iscoroutinefunction(view):
+
+        @wraps(view)
+        async def async_wrapper(request, *args, **kwargs):
+            try:
+                return await view(request, *args, **kwargs)
+            except Exception as exc:
+                return answer_for(request, exc, view)
+
+        return async_wrapper
 
     @wraps(view)
-    async def wrapper(request, *args, **kwargs):
+    def wrapper(request, *args, **kwargs):
         try:
-            return await view(request, *args, **kwargs)
-        except APIError as error:
-            count_refusal(error)
-            return error_response(request, error)
-        except DatabaseUnavailable as exc:
-            return error_response(request, as_api_error(exc))
-        except Exception:
-            logger.exception("Unhandled error in %s", view.__qualname__)
-            return error_response(request, InternalError())
+            return view(request, *args, **kwargs)
+        except Exception as exc:
+            return answer_for(request, exc, view)
 
     return wrapper
+
+
+def answer_for(request, exc, view):
+    """The envelope that answers ``exc``, raised by ``view`` (``@answers_api_errors``)."""
+    if isinstance(exc, APIError):
+        count_refusal(exc)
+        return error_response(request, exc)
+    if isinstance(exc, DatabaseUnavailable):
+        return error_response(request, as_api_error(exc))
+    logger.exception("Unhandled error in %s", view.__qualname__, exc_info=exc)
+    return error_response(request, InternalError())

@@ -827,7 +827,7 @@ def py_spy_output(output, name):
 
 
 async def start_py_spy(py_spy, pid, output, seconds=None, subprocesses=False):
-    """Profile ``pid`` for ``seconds`` (None: until ``stop_py_spy()``)."""
+    """Profile ``pid``'s use of the GIL for ``seconds`` (None: until ``stop_py_spy()``)."""
     fmt = PY_SPY_FORMATS.get(Path(output).suffix, "flamegraph")
     return await asyncio.create_subprocess_exec(
         py_spy,
@@ -840,6 +840,7 @@ async def start_py_spy(py_spy, pid, output, seconds=None, subprocesses=False):
         "--output",
         output,
         "--nonblocking",
+        "--gil",  # the thread holding the GIL: where the process's core goes
         *(["--subprocesses"] if subprocesses else []),
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,

@@ -19,6 +19,7 @@ from apikeys.exceptions import ValidationError
 from apikeys.middleware import APIMiddleware
 from apikeys.responses import error_response as error_response_for
 
+from . import sessions
 from .conf import get_config
 
 # The cyclic GC's first threshold under tune_gc() (Python's default is 700).
@@ -50,8 +51,8 @@ class EventStreamResponse(StreamingHttpResponse):
 
 
 def streams_events(view):
-    """Mark an async view that answers with an ``EventStreamResponse``: the
-    ``StreamingASGIHandler`` serves it without holding on to its request."""
+    """Mark a view that answers with an ``EventStreamResponse``: the
+    ``StreamingASGIHandler`` serves it without holding on to its request (or a thread)."""
     view.streams_events = True
     return view
 
@@ -107,12 +108,15 @@ class StreamingASGIHandler(ASGIHandler):
     Django runs each request in its own thread-sensitive context, and the sync signal
     receivers and middleware hooks of even an async view start a thread in it that lives
     as long as the response: one OS thread per open event stream. Requests to views
-    marked ``@streams_events`` skip that context, so their brief sync hooks share
-    asgiref's one sync thread; they also let go of their request (headers, session, user,
-    resolver match, model instances) once the view has answered, since a stream may stay
-    open for hours, and their frames go from the iterator to ``send`` with nothing in
-    between. ``EXECUTIONS["THREAD_FREE_ASYNC_VIEWS"]`` has every async view skip the
-    context too (its sync hooks then wait on each other's requests).
+    marked ``@streams_events`` skip that context: a sync one runs with the site's
+    middleware in one trip to a thread that opens streams
+    (``EXECUTIONS["DATABASE_THREADS"]["open"]``), in one short database session; an
+    async one's brief sync hooks share asgiref's one sync thread. They also let go of
+    their request (headers, session, user, resolver match, model instances) once the view
+    has answered, since a stream may stay open for hours, and their frames go from the
+    iterator to ``send`` with nothing in between. ``EXECUTIONS["THREAD_FREE_ASYNC_VIEWS"]``
+    has every async view skip the context too (its sync hooks then wait on each other's
+    requests).
 
     A request to a sync view (the REST API's, the admin's, the pages') runs its middleware
     and view in one go on its thread, as under WSGI (``OneThreadChain``), not one trip to
@@ -162,9 +166,14 @@ class StreamingASGIHandler(ASGIHandler):
         return resolved_view(scope)
 
     async def run_get_response(self, request):
-        if iscoroutinefunction(resolved_view(request.scope)):
+        view = resolved_view(request.scope)
+        if iscoroutinefunction(view):
             return await super().run_get_response(request)
-        response = await sync_to_async(self.one_thread_chain.get_response)(request)
+        if getattr(view, "streams_events", False):
+            # In one short database session, on the threads that open streams.
+            response = await sessions.run("open", self.one_thread_chain.get_response, request)
+        else:
+            response = await sync_to_async(self.one_thread_chain.get_response)(request)
         response._handler_class = self.__class__
         if isinstance(response, FileResponse):
             response.block_size = self.chunk_size

@@ -4,10 +4,11 @@ import logging
 import re
 import time
 
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpResponse, QueryDict
 
 from apikeys import logs
+from apikeys.asyncdb import in_short_session
 from apikeys.auth import check_scopes
 from apikeys.exceptions import (
     MethodNotAllowed,
@@ -16,7 +17,7 @@ from apikeys.exceptions import (
     answers_api_errors,
 )
 
-from . import metrics, sessions, slots
+from . import metrics, slots
 from .asgi import EventStreamResponse, streams_events
 from .events import KEEPALIVE_FRAME, opening_frames
 from .fanout import CLIENT_LEFT, TERMINAL, StreamEnded, get_hub
@@ -93,23 +94,27 @@ def open_stream(request, execution_id):
     return Opening(grant, execution, after, first_batch, slots.acquire(grant.quota))
 
 
-async def opening_of(request, execution_id):
+def opening_in_short_session(request, execution_id):
     """``open_stream()`` in a short session, once more on a new connection when the
     database dropped the one it had (a restart, a failover): a browser's EventSource gives
     up for good on a 500. Both times write the same (the key's last use), and the request
     counts once against the key's rate limits (``ratelimit.count()``)."""
     try:
-        return await sessions.run("open", open_stream, request, execution_id)
+        return in_short_session(open_stream, request, execution_id)
     except (OperationalError, InterfaceError) as exc:
         logger.warning("Opening a stream lost its database connection (%r): once more.", exc)
-        return await sessions.run("open", open_stream, request, execution_id)
+        return in_short_session(open_stream, request, execution_id)
 
 
+# A sync view, so that under StreamingASGIHandler its middleware, its database session and
+# the view run in one trip to an "open" thread; the stream itself is async. It is never
+# atomic (ATOMIC_REQUESTS): its session ends before its response does.
 @streams_events
+@transaction.non_atomic_requests
 @answers_api_errors
-async def execution_events(request, execution_id):
+def execution_events(request, execution_id):
     try:
-        opening = await opening_of(request, execution_id)
+        opening = opening_in_short_session(request, execution_id)
     finally:
         hide_token(request)
     if opening.first_batch is None:

@@ -3,6 +3,7 @@
 import logging
 from urllib.parse import urlencode
 
+from django.db import transaction
 from django.db.models import Prefetch
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter
@@ -224,6 +225,7 @@ class ExecutionStreamToken(ScopedAPIView):
         return Response(success_body(request, data), status=status.HTTP_201_CREATED)
 
 
-async def not_found(request, *args, **kwargs):
+@transaction.non_atomic_requests  # no database work: no transaction under ATOMIC_REQUESTS
+def not_found(request, *args, **kwargs):
     """Answer any unknown path under the API with the contract's 404, never an HTML page."""
     return error_response(request, ResourceNotFound("endpoint", request.path))
