@@ -424,10 +424,11 @@ class Hub:
             parsed = messages.parse(msg)
             if parsed is None:
                 continue
-            execution_id, item = parsed
+            execution_id, items = parsed
             topic = self.topics.get(execution_id)
             if topic is not None:
-                topic.receive(item)
+                for item in items:
+                    topic.receive(item)
 
     async def tick_forever(self):
         this = asyncio.current_task()

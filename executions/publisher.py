@@ -34,9 +34,11 @@ async def apublish(msg):
     except Exception as exc:
         metrics.LAYER_ERRORS.labels("send").inc()
         logger.warning(
-            "Event %s#%s not sent to the channel layer (streams will read it from the log): %r",
+            "Events %s#%s-%s not sent to the channel layer (streams will read them from the "
+            "log): %r",
             msg["execution_id"],
-            msg["seq"],
+            msg["events"][0][0],
+            msg["events"][-1][0],
             exc,
         )
 

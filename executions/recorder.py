@@ -131,7 +131,8 @@ def record_statement(execution, changed, last_seq, event_type, data):
 def committed(msgs):
     """Count the events just committed, and send them."""
     for msg in msgs:
-        metrics.EVENTS_RECORDED.labels(msg["event"]).inc()
+        for event_type in messages.event_types(msg):
+            metrics.EVENTS_RECORDED.labels(event_type).inc()
     publish_all(msgs)
 
 
@@ -262,11 +263,9 @@ class ExecutionRecorder:
         if not recorded:
             return None
         committed(
-            [
-                messages.build(
-                    execution.pk, Item(seq, event_type, events.frame(seq, event_type, data))
-                )
-            ]
+            messages.build(
+                execution.pk, [Item(seq, event_type, events.frame(seq, event_type, data))]
+            )
         )
         return execution
 
@@ -319,7 +318,7 @@ class ExecutionRecorder:
             if batch.events:
                 batch.save_execution()
                 Event.objects.bulk_create(batch.events)
-                msgs = [messages.build(batch.execution.pk, item) for item in batch.items]
+                msgs = messages.build(batch.execution.pk, batch.items)
                 transaction.on_commit(partial(committed, msgs))
 
     def _lock(self, reserve):

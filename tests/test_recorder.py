@@ -20,8 +20,8 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from apikeys.asyncdb import run_in_short_session
-from executions import publisher
-from executions.log import read_log
+from executions import messages, publisher
+from executions.log import Item, read_log
 from executions.messages import group_name
 from executions.models import Event, Execution, NodeRun, Status
 from executions.recorder import ExecutionFinished, ExecutionRecorder
@@ -456,11 +456,11 @@ async def test_an_event_is_published_only_once_its_transaction_commits(listener)
     event = await Event.objects.aget(execution_id=recorder.execution_id)
     assert 0 < time.time() - message.pop("recorded_at") < 60  # when it was committed
     assert message == {
-        "type": "execution.event",
+        "type": "execution.events",
         "execution_id": recorder.execution_id,
-        "seq": 1,
-        "event": "execution:started",
-        "frame": f"id: 1\nevent: execution:started\ndata: {event.data}\n\n",
+        "events": [
+            [1, "execution:started", f"id: 1\nevent: execution:started\ndata: {event.data}\n\n"]
+        ],
     }
 
 
@@ -629,12 +629,12 @@ def test_run_execution_of_an_unregistered_workflow_fails_it(user):
 @pytest.fixture
 def held_layer(monkeypatch):
     """Hold every send to the channel layer until ``release()``; ``sent`` lists the
-    ``(execution_id, seq)`` of each message in the order it was sent."""
+    ``(execution_id, seq)`` of each event in the order it was sent."""
     release, sent = threading.Event(), []
 
     async def held_apublish(msg):
         await asyncio.to_thread(release.wait, 10)
-        sent.append((msg["execution_id"], msg["seq"]))
+        sent.extend((msg["execution_id"], seq) for seq, _, _ in msg["events"])
 
     monkeypatch.setattr(publisher, "apublish", held_apublish)
     return release, sent
@@ -676,6 +676,25 @@ def test_a_batch_records_its_events_in_one_transaction_and_publishes_them_in_ord
     assert recorder.execution.last_seq == 201
     assert publisher.flush(10)
     assert sent == [(recorder.execution_id, seq) for seq in range(1, 202)]
+
+
+def test_a_run_of_events_goes_in_messages_of_at_most_100_events_and_256_kib():
+    def items(count, size, start=1):
+        return [Item(seq, "execution:progress", b"x" * size) for seq in range(start, start + count)]
+
+    def shape(msgs):
+        return [[seq for seq, _, _ in msg["events"]] for msg in msgs]
+
+    assert shape(messages.build("exec_a", items(250, 10))) == [
+        list(range(1, 101)),
+        list(range(101, 201)),
+        list(range(201, 251)),
+    ]
+    # 100 KiB frames: two fit in 256 KiB; a frame over the limit goes alone.
+    large = [*items(3, 100 * 1024), *items(1, 300 * 1024, start=4), *items(1, 10, start=5)]
+    assert shape(messages.build("exec_a", large)) == [[1, 2], [3], [4], [5]]
+    parsed = [messages.parse(msg) for msg in messages.build("exec_a", items(3, 10))]
+    assert parsed == [("exec_a", items(3, 10))]
 
 
 @pytest.mark.django_db(transaction=True)
