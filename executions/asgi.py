@@ -130,6 +130,7 @@ class StreamingASGIHandler(ASGIHandler):
         super().__init__()
         self.request_threads = RequestThreads()
         self.one_thread_chain = OneThreadChain(self)
+        self.closing = set()
 
     async def __call__(self, scope, receive, send):
         view = self.resolve_scope(scope) if scope["type"] == "http" else None
@@ -170,14 +171,33 @@ class StreamingASGIHandler(ASGIHandler):
         if iscoroutinefunction(view):
             return await super().run_get_response(request)
         if getattr(view, "streams_events", False):
-            # In one short database session, on the threads that open streams.
-            response = await sessions.run("open", self.one_thread_chain.get_response, request)
+            response = await self.open_event_stream(request)
         else:
             response = await sync_to_async(self.one_thread_chain.get_response)(request)
         response._handler_class = self.__class__
         if isinstance(response, FileResponse):
             response.block_size = self.chunk_size
         return response
+
+    async def open_event_stream(self, request):
+        """Run a sync ``@streams_events`` view and its middleware in one short database
+        session, on the threads that open streams. A response that comes after its
+        client left is closed, so that what it holds (its stream slot) is let go."""
+        opening = asyncio.ensure_future(
+            sessions.run("open", self.one_thread_chain.get_response, request)
+        )
+        try:
+            return await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            opening.add_done_callback(self.close_unsent)
+            raise
+
+    def close_unsent(self, opening):
+        if opening.cancelled() or opening.exception() is not None:
+            return
+        closing = asyncio.ensure_future(sync_to_async(opening.result().close)())
+        self.closing.add(closing)  # a task the loop holds weakly
+        closing.add_done_callback(self.closing.discard)
 
     def create_request(self, scope, body_file):
         """``ASGIHandler.create_request()``, except that a request to this app's API whose

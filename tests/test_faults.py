@@ -9,6 +9,7 @@ blocks or leaves an execution running, a half-written event, memory or descripto
 """
 
 import asyncio
+import contextlib
 import itertools
 import random
 import time
@@ -468,8 +469,10 @@ def test_thousands_of_streams_opened_and_closed_leave_the_server_as_they_found_i
         for _ in range(SOAK_WAVES):
             opened += runner.run(wave(server.port))
         took = time.monotonic() - started
-        # A client that goes away frees what its stream held within seconds (rule 5).
-        runner.run(eventually(lambda: let_go(server, pg, before), 10))
+        # A client that goes away frees what its stream held within seconds (rule 5);
+        # the assertions below say what was still held if it did not.
+        with contextlib.suppress(AssertionError):
+            runner.run(eventually(lambda: let_go(server, pg, before), 10))
         after = state(server, pg)
 
     for stream in opened:

@@ -6,9 +6,10 @@ import asyncio
 import pytest
 from django.conf import settings as django_settings
 from django.test import AsyncClient
+from prometheus_client import REGISTRY
 
 from apikeys.asyncdb import run_in_short_session as db
-from executions import slots
+from executions import sessions, slots
 from executions.asgi import StreamingASGIHandler
 from tests.hub import eventually
 from tests.live_server import events_url, ids_of
@@ -77,8 +78,13 @@ async def test_a_stream_that_ends_gives_its_slot_back(user, make_key, connect, r
 
 
 async def test_a_client_that_vanishes_before_its_stream_starts_leaks_no_slot(
-    user, make_key, redis_client
+    user, make_key, redis_client, settings
 ):
+    # One thread opens streams: what it runs next runs after this stream's opening.
+    settings.EXECUTIONS = {
+        **settings.EXECUTIONS,
+        "DATABASE_THREADS": {"open": 1, "log": 1, "check": 1},
+    }
     key, raw = await db(make_key)
     recorder = await db(running, user)
     exchange = Exchange(
@@ -86,8 +92,16 @@ async def test_a_client_that_vanishes_before_its_stream_starts_leaks_no_slot(
         events_url(recorder.execution_id),
         [(b"x-api-key", raw.encode())],
     )
+    opens = REGISTRY.get_sample_value("executions_stream_opens_total", {"grant": "APIKeyGrant"})
     await exchange.disconnect()  # at once, as the server may still be opening the stream
+    await sessions.run("open", lambda: None)
+    # The stream was opened (its slot taken) after its client had gone.
+    assert (
+        REGISTRY.get_sample_value("executions_stream_opens_total", {"grant": "APIKeyGrant"})
+        == (opens or 0) + 1
+    )
     await eventually(lambda: held(redis_client, f"key:{key.pk}") == 0)
+    assert exchange.messages == []
 
 
 async def test_the_slots_of_a_process_that_died_stop_counting(
