@@ -193,6 +193,7 @@ class StreamingASGIHandler(ASGIHandler):
             raise
 
     def close_unsent(self, opening):
+        """Close the response ``opening`` returned, if it returned one."""
         if opening.cancelled() or opening.exception() is not None:
             return
         closing = asyncio.ensure_future(sync_to_async(opening.result().close)())
