@@ -17,7 +17,7 @@ from channels.layers import get_channel_layer
 
 from . import metrics
 from .conf import get_config
-from .messages import group_name
+from .messages import group_name, parse
 
 logger = logging.getLogger(__name__)
 
@@ -33,12 +33,13 @@ async def apublish(msg):
         await asyncio.wait_for(layer.group_send(group_name(msg["execution_id"]), msg), SEND_TIMEOUT)
     except Exception as exc:
         metrics.LAYER_ERRORS.labels("send").inc()
+        execution_id, items = parse(msg)
         logger.warning(
             "Events %s#%s-%s not sent to the channel layer (streams will read them from the "
             "log): %r",
-            msg["execution_id"],
-            msg["events"][0][0],
-            msg["events"][-1][0],
+            execution_id,
+            items[0].seq,
+            items[-1].seq,
             exc,
         )
 
