@@ -17,6 +17,7 @@ import signal
 import threading
 import time
 import weakref
+from functools import cache
 
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
@@ -52,6 +53,12 @@ class StreamEnded(Exception):
     """The stream must end now: its client is too slow, or its grant is void."""
 
 
+@cache
+def scope_set(scopes):
+    """``frozenset(scopes)``, one for all the streams that require the same scopes."""
+    return frozenset(scopes)
+
+
 class Subscription:
     """One open stream's share of a topic: the events delivered to it and not yet taken.
 
@@ -74,7 +81,7 @@ class Subscription:
     )
 
     def __init__(self, grant, scopes, from_seq, after_terminal=False):
-        self.grant, self.scopes = grant, frozenset(scopes)
+        self.grant, self.scopes = grant, scope_set(scopes)
         # Every event after this one reaches the subscription; those up to it are the
         # log's to give. No event follows it if it was the terminal one.
         self.from_seq, self.after_terminal = from_seq, after_terminal

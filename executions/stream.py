@@ -165,7 +165,9 @@ async def event_stream(opening):
                 execution_id, last_sent, read_on, subscription.from_seq, subscription.guard
             )
             read_any = False
-            async for batch in replay:
+            # Not "async for": its StopAsyncIteration would pass through this frame, whose
+            # frame object, made for the traceback, an idle stream would then keep.
+            while (batch := await anext(replay, None)) is not None:
                 read_any = True
                 replayed += len(batch)
                 subscription.last_write = time.monotonic()
@@ -174,6 +176,7 @@ async def event_stream(opening):
                 if batch[-1].is_terminal:
                     reason = TERMINAL
                     return
+            replay = batch = None  # an idle stream keeps no spent generator, no sent batch
             # Events came while it replayed (from_seq moved on): read them too, then take
             # events live, with no await between the last look and the switch.
             read_on = False

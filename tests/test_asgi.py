@@ -150,6 +150,32 @@ async def test_a_client_that_disconnects_leaves_no_subscription_or_task_behind(
 
 
 @pytest.mark.asyncio
+async def test_a_stream_cancelled_by_the_server_ends_cancelled_and_lets_go(
+    handler, user, key_header
+):
+    recorder = await db(running, user)
+    exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
+    await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+    exchange.task.cancel()  # not the client leaving: the handler must not swallow it
+    with pytest.raises(asyncio.CancelledError):
+        await exchange.task
+    await eventually(hub_is_idle)
+
+
+@pytest.mark.asyncio
+async def test_an_open_stream_keeps_no_headers_once_they_are_sent(handler, user, key_header):
+    recorder = await db(running, user)
+    exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
+    await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+    assert len(exchange.start["headers"]) > 5
+    (response,) = [o for o in gc.get_objects() if isinstance(o, asgi.EventStreamResponse)]
+    assert dict(response.items()) == {}
+    await db(recorder.complete)
+    await exchange.finished()
+    assert ids_of(exchange.body) == [1, 2]
+
+
+@pytest.mark.asyncio
 async def test_other_views_are_served_by_djangos_handler(handler, user, key_header):
     exchange = await Exchange(handler, "/api/v1/workflows", [key_header]).finished()
     assert exchange.start["status"] == 200
