@@ -1,14 +1,16 @@
 """Authenticate requests by API key and check their scopes: the core under the DRF classes,
 the async views' decorator and the event stream."""
 
-from functools import wraps
+from functools import cache, wraps
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_ipv46_address
+from django.db import router
 from django.utils import timezone
 
 from . import keys, ratelimit
 from .asyncdb import run_in_short_session
+from .compiled import CompiledQuery
 from .conf import get_config
 from .exceptions import (
     ExpiredAPIKey,
@@ -50,11 +52,44 @@ def find_key(raw):
     mode = keys.mode_of(raw or "")
     if mode is None or not mode_accepted(mode):
         raise InvalidAPIKey
-    stored = keys.digest(raw)
-    key = APIKey.objects.select_related("owner").filter(key_hash=stored).first()
+    key = key_with_owner(key_hash=keys.digest(raw))
     if key is None or not keys.matches(raw, key.key_hash):
         raise InvalidAPIKey
     return usable(key)
+
+
+def _key_with_owner_query(shape, **lookup):
+    key_fields, owner_fields = key_and_owner_fields()
+    names = [f.name for f in key_fields] + [f"owner__{f.name}" for f in owner_fields]
+    return APIKey.objects.filter(**lookup).order_by().values_list(*names)[:1]
+
+
+KEY_WITH_OWNER = CompiledQuery(_key_with_owner_query)
+
+
+def key_with_owner(**lookup):
+    """Return the ``APIKey`` that ``lookup`` (one unique field) finds, its owner loaded, in
+    one query; or None."""
+    using = router.db_for_read(APIKey)
+    rows = KEY_WITH_OWNER.rows(using, **lookup)
+    if not rows:
+        return None
+    key_fields, owner_fields = key_and_owner_fields()
+    key_values, owner_values = rows[0][: len(key_fields)], rows[0][len(key_fields) :]
+    key = APIKey.from_db(using, [f.attname for f in key_fields], key_values)
+    key.owner = APIKey.owner.field.related_model.from_db(
+        using, [f.attname for f in owner_fields], owner_values
+    )
+    return key
+
+
+@cache
+def key_and_owner_fields():
+    """The concrete fields of a key and of its owner, in the order ``from_db()`` takes."""
+    return (
+        tuple(APIKey._meta.concrete_fields),
+        tuple(APIKey.owner.field.related_model._meta.concrete_fields),
+    )
 
 
 def mode_accepted(mode):

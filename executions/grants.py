@@ -16,9 +16,8 @@ from django.utils.crypto import constant_time_compare
 from django.utils.module_loading import import_string
 
 from apikeys import ratelimit
-from apikeys.auth import key_from_request, usable, usable_key_scopes
+from apikeys.auth import key_from_request, key_with_owner, usable, usable_key_scopes
 from apikeys.exceptions import InvalidAPIKey
-from apikeys.models import APIKey
 
 from . import tokens
 from .conf import get_config
@@ -108,7 +107,7 @@ class StreamTokenGrant(APIKeyGrant):
         if token is None:
             return None
         key_id = tokens.key_id_of(token, execution_id)
-        key = APIKey.objects.select_related("owner").filter(pk=key_id).first()
+        key = key_with_owner(pk=key_id)
         if key is None:
             raise tokens.InvalidStreamToken
         usable(key)

@@ -3,6 +3,10 @@ replay and gap filling, and a topic's catching up, alike."""
 
 from dataclasses import dataclass
 
+from django.db import router
+
+from apikeys.compiled import CompiledQuery
+
 from . import sessions
 from .conf import get_config
 from .events import TERMINAL_EVENTS, frame
@@ -23,13 +27,19 @@ class Item:
         return self.event in TERMINAL_EVENTS
 
 
-def read_log(execution_id, after_seq, limit):
-    """Return up to ``limit`` logged events of an execution after ``after_seq``, as Items."""
-    rows = (
-        Event.objects.filter(execution_id=execution_id, seq__gt=after_seq)
+LOG_AFTER = CompiledQuery(
+    lambda limit, execution_id, after: (
+        Event.objects.filter(execution_id=execution_id, seq__gt=after)
         .order_by("seq")
         .values_list("seq", "type", "data")[:limit]
     )
+)
+
+
+def read_log(execution_id, after_seq, limit):
+    """Return up to ``limit`` logged events of an execution after ``after_seq``, as Items."""
+    using = router.db_for_read(Event)
+    rows = LOG_AFTER.rows(using, limit, execution_id=execution_id, after=after_seq)
     return [Item(seq, event, frame(seq, event, data)) for seq, event, data in rows]
 
 

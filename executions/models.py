@@ -12,6 +12,12 @@ def new_execution_id():
 ID_LENGTH = 40
 
 
+def is_possible_id(execution_id):
+    """Whether an execution could have the id ``execution_id``: not too long, and no NUL
+    (which PostgreSQL cannot even compare)."""
+    return len(execution_id) <= ID_LENGTH and "\x00" not in execution_id
+
+
 class Status(models.TextChoices):
     PENDING = "pending", "Pending"
     RUNNING = "running", "Running"
@@ -30,9 +36,8 @@ class Mode(models.TextChoices):
 
 class ExecutionQuerySet(models.QuerySet):
     def with_id(self, execution_id):
-        """The execution ``execution_id`` among these; none for an id that no execution
-        can have (too long, or holding a NUL, which PostgreSQL cannot even compare)."""
-        if len(execution_id) > ID_LENGTH or "\x00" in execution_id:
+        """The execution ``execution_id`` among these; none for an id no execution can have."""
+        if not is_possible_id(execution_id):
             return self.none()
         return self.filter(pk=execution_id)
 

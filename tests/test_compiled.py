@@ -1,0 +1,95 @@
+"""``apikeys.compiled``: querysets compiled once, run with each call's values, giving what
+the ORM gives; and the hot lookups built on it."""
+
+import uuid
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from apikeys import keys
+from apikeys.auth import key_with_owner
+from apikeys.compiled import CompiledQuery
+from apikeys.models import APIKey
+from executions.grants import APIKeyGrant
+from executions.log import read_log
+from executions.stream import visible_execution
+from tests.runs import completed_run
+
+pytestmark = pytest.mark.django_db
+
+
+def field_values(instance):
+    return {f.attname: getattr(instance, f.attname) for f in instance._meta.concrete_fields}
+
+
+def test_a_key_and_its_owner_load_as_the_orm_loads_them_in_one_query(make_key):
+    key, raw = make_key(
+        scopes=["executions:read", "workflows:read"], expires_at=timezone.now() + timedelta(1)
+    )
+    key.record_use("203.0.113.9")
+    expected = APIKey.objects.select_related("owner").get(pk=key.pk)
+    with CaptureQueriesContext(connection) as queries:
+        loaded = key_with_owner(key_hash=keys.digest(raw))
+        assert field_values(loaded) == field_values(expected)
+        assert field_values(loaded.owner) == field_values(expected.owner)
+    assert len(queries) == 1
+    assert key_with_owner(pk=key.pk).pk == key.pk
+    assert key_with_owner(key_hash=keys.digest(raw + "x")) is None
+
+
+def test_the_stream_sees_only_the_executions_its_grant_may(user, other_user, make_key):
+    execution_id = completed_run(user)
+    own = APIKeyGrant(make_key()[0])
+    others = APIKeyGrant(make_key(owner=other_user)[0])
+    tests = APIKeyGrant(make_key(mode="test")[0])
+    execution = visible_execution(own, execution_id)
+    assert (execution.pk, execution.is_finished) == (execution_id, True)
+    assert execution.last_seq == len(read_log(execution_id, 0, 1000))
+    assert visible_execution(others, execution_id) is None
+    assert visible_execution(tests, execution_id) is None
+    assert visible_execution(own, "exec_" + "x" * 100) is None
+    assert visible_execution(own, "exec_\x00") is None
+
+
+def test_the_log_reads_as_the_orm_reads_it(user):
+    execution_id = completed_run(user)
+    everything = read_log(execution_id, 0, 1000)
+    assert [item.seq for item in everything] == list(range(1, len(everything) + 1))
+    assert read_log(execution_id, 2, 2) == everything[2:4]
+
+
+class Counting:
+    """A build function that counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, shape, **lookup):
+        self.calls += 1
+        return APIKey.objects.filter(**lookup).order_by("pk").values_list("pk", "name")[:shape]
+
+
+def test_a_query_compiles_once_for_each_shape_and_set_of_values_given(make_key):
+    first, second = make_key(name="first")[0], make_key(name="second")[0]
+    build = Counting()
+    query = CompiledQuery(build)
+    assert query.rows("default", 10, pk=first.pk) == [(first.pk, "first")]
+    assert query.rows("default", 10, pk=second.pk) == [(second.pk, "second")]
+    assert build.calls == 1
+    assert query.rows("default", 10, name="second") == [(second.pk, "second")]
+    assert query.rows("default", 1, owner=first.owner_id) == [(first.pk, "first")]
+    assert build.calls == 3
+
+
+def test_values_the_sql_would_not_take_as_they_are_go_through_the_orm(make_key):
+    key = make_key(name="nightly exports")[0]
+    build = Counting()
+    query = CompiledQuery(build)
+    # The ORM turns a prefix into a LIKE pattern, and a UUID into text for a CharField.
+    assert query.rows("default", 10, name__startswith="nightly") == [(key.pk, key.name)]
+    assert query.rows("default", 10, name__startswith="nightly") == [(key.pk, key.name)]
+    assert query.rows("default", 10, name=uuid.uuid4()) == []
+    assert build.calls == 4  # the prefix: one compile that fails, then the ORM twice
