@@ -39,7 +39,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
     completed_at = TimestampField(allow_null=True)
     created_at = TimestampField()
     duration_ms = serializers.IntegerField(allow_null=True)
-    nodes = NodeRunSerializer(many=True)
+    nodes = NodeRunSerializer(many=True, source="node_runs")  # views.executions_for()
 
     class Meta:
         model = Execution

@@ -42,9 +42,12 @@ def find_workflow(workflow_id):
 
 
 def executions_for(request):
-    """The executions the request's key may see, with their node runs in one more query."""
+    """The executions the request's key may see, with their node runs in one more query
+    (as lists: Django builds a queryset for each execution's related manager otherwise)."""
     return Execution.objects.visible_to(request.auth).prefetch_related(
-        Prefetch("nodes", queryset=NodeRun.objects.order_by("started_at", "id"))
+        Prefetch(
+            "nodes", queryset=NodeRun.objects.order_by("started_at", "id"), to_attr="node_runs"
+        )
     )
 
 
