@@ -35,12 +35,6 @@ class Mode(models.TextChoices):
 
 
 class ExecutionQuerySet(models.QuerySet):
-    def with_id(self, execution_id):
-        """The execution ``execution_id`` among these; none for an id no execution can have."""
-        if not is_possible_id(execution_id):
-            return self.none()
-        return self.filter(pk=execution_id)
-
     def visible_to(self, viewer):
         """Executions ``viewer`` (an API key or a stream's grant) may see: those of its
         ``owner_id`` in its ``mode``, where None stands for every owner or both modes."""

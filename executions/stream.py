@@ -3,15 +3,13 @@
 import logging
 import re
 import time
-from types import SimpleNamespace
 
-from django.db import InterfaceError, OperationalError, router, transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.http import HttpResponse, QueryDict
 
 from apikeys import logs
 from apikeys.asyncdb import in_short_session
 from apikeys.auth import check_scopes
-from apikeys.compiled import CompiledQuery
 from apikeys.exceptions import (
     MethodNotAllowed,
     ResourceNotFound,
@@ -25,7 +23,7 @@ from .events import KEEPALIVE_FRAME, opening_frames
 from .fanout import CLIENT_LEFT, TERMINAL, StreamEnded, get_hub
 from .grants import grant_for_request
 from .log import is_last_batch, log_batches, read_batch
-from .models import Execution, is_possible_id
+from .lookups import visible_execution
 
 logger = logging.getLogger(__name__)
 
@@ -75,27 +73,6 @@ class Opening:
 
 
 STREAMED_FIELDS = ("id", "status", "last_seq")  # all a stream reads of its execution
-VISIBLE_EXECUTION = CompiledQuery(
-    lambda shape, execution_id, owner_id=None, mode=None: (
-        Execution.objects.visible_to(SimpleNamespace(owner_id=owner_id, mode=mode))
-        .filter(pk=execution_id)
-        .order_by()
-        .values_list(*STREAMED_FIELDS)[:1]
-    )
-)
-
-
-def visible_execution(grant, execution_id):
-    """Return the execution ``grant`` may stream, only its ``STREAMED_FIELDS`` loaded, or
-    None."""
-    if not is_possible_id(execution_id):
-        return None
-    viewer = {"owner_id": grant.owner_id, "mode": grant.mode}
-    using = router.db_for_read(Execution)
-    rows = VISIBLE_EXECUTION.rows(
-        using, execution_id=execution_id, **{k: v for k, v in viewer.items() if v is not None}
-    )
-    return Execution.from_db(using, STREAMED_FIELDS, rows[0]) if rows else None
 
 
 def open_stream(request, execution_id):
@@ -111,7 +88,7 @@ def open_stream(request, execution_id):
     if request.method != "GET":
         raise MethodNotAllowed(f'Method "{request.method}" not allowed.', headers={"Allow": "GET"})
     after = last_event_id(request) or 0
-    execution = visible_execution(grant, execution_id)
+    execution = visible_execution(grant, execution_id, STREAMED_FIELDS)
     if execution is None:
         raise ResourceNotFound("execution", execution_id)
     if execution.is_finished and after >= execution.last_seq:

@@ -17,6 +17,7 @@ from apikeys.responses import error_response, format_timestamp, success_body
 from apikeys.views import ScopedAPIView
 
 from . import schema
+from .lookups import visible_execution, with_node_runs
 from .models import Execution, NodeRun, Status
 from .pagination import paginate
 from .recorder import ExecutionFinished, ExecutionRecorder
@@ -52,10 +53,10 @@ def executions_for(request):
 
 
 def find_execution(request, execution_id):
-    execution = executions_for(request).with_id(execution_id).first()
+    execution = visible_execution(request.auth, execution_id)
     if execution is None:
         raise ResourceNotFound("execution", execution_id)
-    return execution
+    return with_node_runs(execution)
 
 
 class WorkflowList(ScopedAPIView):
@@ -216,7 +217,7 @@ class ExecutionStreamToken(ScopedAPIView):
         responses=schema.envelope(StreamTokenSerializer, status_code=201),
     )
     def post(self, request, execution_id):
-        if not Execution.objects.visible_to(request.auth).with_id(execution_id).exists():
+        if visible_execution(request.auth, execution_id, ("id",)) is None:
             raise ResourceNotFound("execution", execution_id)
         token, expires_at = mint(execution_id, request.auth)
         events = reverse("executions:execution-events", kwargs={"execution_id": execution_id})

@@ -15,7 +15,9 @@ from apikeys.compiled import CompiledQuery
 from apikeys.models import APIKey
 from executions.grants import APIKeyGrant
 from executions.log import read_log
-from executions.stream import visible_execution
+from executions.lookups import visible_execution, with_node_runs
+from executions.models import Execution
+from executions.stream import STREAMED_FIELDS
 from tests.runs import completed_run
 
 pytestmark = pytest.mark.django_db
@@ -45,13 +47,26 @@ def test_the_stream_sees_only_the_executions_its_grant_may(user, other_user, mak
     own = APIKeyGrant(make_key()[0])
     others = APIKeyGrant(make_key(owner=other_user)[0])
     tests = APIKeyGrant(make_key(mode="test")[0])
-    execution = visible_execution(own, execution_id)
+    execution = visible_execution(own, execution_id, STREAMED_FIELDS)
     assert (execution.pk, execution.is_finished) == (execution_id, True)
     assert execution.last_seq == len(read_log(execution_id, 0, 1000))
     assert visible_execution(others, execution_id) is None
     assert visible_execution(tests, execution_id) is None
     assert visible_execution(own, "exec_" + "x" * 100) is None
     assert visible_execution(own, "exec_\x00") is None
+
+
+def test_an_execution_and_its_node_runs_load_as_the_orm_loads_them(user, make_key):
+    execution_id = completed_run(user)
+    expected, key = Execution.objects.get(pk=execution_id), make_key()[0]
+    with CaptureQueriesContext(connection) as queries:
+        loaded = with_node_runs(visible_execution(key, execution_id))
+    assert len(queries) == 2
+    assert field_values(loaded) == field_values(expected)
+    assert [field_values(run) for run in loaded.node_runs] == [
+        field_values(run) for run in expected.nodes.order_by("started_at", "id")
+    ]
+    assert len(loaded.node_runs) == 2  # completed_run() runs two nodes
 
 
 def test_the_log_reads_as_the_orm_reads_it(user):
