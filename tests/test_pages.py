@@ -9,6 +9,7 @@ from io import StringIO
 
 import pytest
 from django.contrib import admin
+from django.contrib.admin.utils import quote
 from django.contrib.staticfiles import finders
 from django.test import Client
 from django.urls import reverse
@@ -605,12 +606,18 @@ def test_the_admin_searches_executions_by_id_workflow_and_owner(admin_client, us
     assert found("bob") == {bobs}
 
 
+def execution_admin_url(view, execution_id):
+    """The admin's URL of an execution's ``view``, its id quoted as the admin quotes it: an
+    id such as ``exec_2F...`` reaches the admin as ``exec/...`` otherwise."""
+    return reverse(f"admin:executions_execution_{view}", args=[quote(execution_id)])
+
+
 def test_the_admin_shows_an_execution_with_its_node_runs_and_event_log_read_only(
     admin_client, user
 ):
     execution_id = completed_run(user)
 
-    response = admin_client.get(reverse("admin:executions_execution_change", args=[execution_id]))
+    response = admin_client.get(execution_admin_url("change", execution_id))
 
     assert response.status_code == 200
     page = response.content.decode()
@@ -629,9 +636,9 @@ def test_the_admin_adds_changes_and_deletes_no_execution(admin_client, user):
     changelist = admin_client.get(reverse("admin:executions_execution_changelist"))
 
     assert admin_client.get(reverse("admin:executions_execution_add")).status_code == 403
-    delete = reverse("admin:executions_execution_delete", args=[execution_id])
+    delete = execution_admin_url("delete", execution_id)
     assert admin_client.post(delete, {"post": "yes"}).status_code == 403
-    change = reverse("admin:executions_execution_change", args=[execution_id])
+    change = execution_admin_url("change", execution_id)
     assert admin_client.post(change, {"status": "failed"}).status_code == 403
     assert "delete_selected" not in changelist.context["cl"].model_admin.get_actions(
         changelist.wsgi_request
