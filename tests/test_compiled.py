@@ -3,6 +3,7 @@ the ORM gives; and the hot lookups built on it."""
 
 import uuid
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
 from django.db import connection
@@ -52,6 +53,8 @@ def test_the_stream_sees_only_the_executions_its_grant_may(user, other_user, mak
     assert execution.last_seq == len(read_log(execution_id, 0, 1000))
     assert visible_execution(others, execution_id) is None
     assert visible_execution(tests, execution_id) is None
+    staff = SimpleNamespace(owner_id=None, mode=None)  # every owner, both modes
+    assert visible_execution(staff, execution_id).pk == execution_id
     assert visible_execution(own, "exec_" + "x" * 100) is None
     assert visible_execution(own, "exec_\x00") is None
 
