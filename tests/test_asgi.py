@@ -12,6 +12,7 @@ import hashlib
 import inspect
 import json
 import textwrap
+import threading
 import weakref
 
 import django
@@ -131,6 +132,27 @@ async def test_request_finished_is_sent_once_when_the_stream_ends(
         assert finished == [StreamingASGIHandler]
     finally:
         signals.request_finished.disconnect(on_finished)
+
+
+@pytest.mark.asyncio
+async def test_request_started_is_sent_once_on_the_thread_that_opens_the_stream(
+    handler, user, key_header
+):
+    started = []
+
+    def on_started(**kwargs):
+        started.append((kwargs["sender"], threading.current_thread().name))
+
+    signals.request_started.connect(on_started)
+    try:
+        execution_id = await db(completed_run, user)
+        await Exchange(handler, events_url(execution_id), [key_header]).finished()
+        no_key = await Exchange(handler, events_url(execution_id)).finished()
+    finally:
+        signals.request_started.disconnect(on_started)
+    assert no_key.start["status"] == 401
+    assert [sender for sender, _ in started] == [StreamingASGIHandler] * 2
+    assert all(thread.startswith("db-open") for _, thread in started)
 
 
 @pytest.mark.asyncio
