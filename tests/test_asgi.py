@@ -52,6 +52,15 @@ def key_header(make_key):
     return (b"x-api-key", make_key(scopes=["executions:read", "workflows:read"])[1].encode())
 
 
+async def open_running_stream(handler, user, key_header):
+    """Record a running execution and open its stream; return ``(recorder, exchange)``
+    once the stream has sent ``execution:started``."""
+    recorder = await db(running, user)
+    exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
+    await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+    return recorder, exchange
+
+
 @pytest.mark.asyncio
 async def test_the_handler_sends_the_contracts_headers_and_frames_then_ends(
     handler, user, key_header
@@ -102,9 +111,7 @@ def remember_requests(get_response):
 async def test_an_open_stream_frees_its_request_at_once(user, key_header, settings):
     settings.MIDDLEWARE = [*settings.MIDDLEWARE, "tests.test_asgi.remember_requests"]
     SEEN_REQUESTS.clear()
-    recorder = await db(running, user)
-    exchange = Exchange(StreamingASGIHandler(), events_url(recorder.execution_id), [key_header])
-    await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+    recorder, exchange = await open_running_stream(StreamingASGIHandler(), user, key_header)
     # Freed, not merely unreachable: no garbage collection needed.
     assert [ref() for ref in SEEN_REQUESTS] == [None]
     await db(recorder.complete)
@@ -123,9 +130,7 @@ async def test_request_finished_is_sent_once_when_the_stream_ends(
 
     signals.request_finished.connect(on_finished)
     try:
-        recorder = await db(running, user)
-        exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
-        await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+        recorder, exchange = await open_running_stream(handler, user, key_header)
         assert finished == []
         await db(recorder.complete)
         await exchange.finished()
@@ -159,9 +164,7 @@ async def test_request_started_is_sent_once_on_the_thread_that_opens_the_stream(
 async def test_a_client_that_disconnects_leaves_no_subscription_or_task_behind(
     handler, user, key_header
 ):
-    recorder = await db(running, user)
-    exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
-    await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+    recorder, exchange = await open_running_stream(handler, user, key_header)
     assert list(get_hub().topics) == [recorder.execution_id]
     await exchange.disconnect()
     assert not exchange.complete
@@ -175,9 +178,7 @@ async def test_a_client_that_disconnects_leaves_no_subscription_or_task_behind(
 async def test_a_stream_cancelled_by_the_server_ends_cancelled_and_lets_go(
     handler, user, key_header
 ):
-    recorder = await db(running, user)
-    exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
-    await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+    _, exchange = await open_running_stream(handler, user, key_header)
     exchange.task.cancel()  # not the client leaving: the handler must not swallow it
     with pytest.raises(asyncio.CancelledError):
         await exchange.task
@@ -186,9 +187,7 @@ async def test_a_stream_cancelled_by_the_server_ends_cancelled_and_lets_go(
 
 @pytest.mark.asyncio
 async def test_an_open_stream_keeps_no_headers_once_they_are_sent(handler, user, key_header):
-    recorder = await db(running, user)
-    exchange = Exchange(handler, events_url(recorder.execution_id), [key_header])
-    await exchange.wait_for(lambda e: ids_of(e.body) == [1])
+    recorder, exchange = await open_running_stream(handler, user, key_header)
     assert len(exchange.start["headers"]) > 5
     gc.collect()  # the responses of earlier tests' streams
     (response,) = [
