@@ -1,8 +1,9 @@
 """Authenticate requests by API key and check their scopes: the core under the DRF classes,
 the async views' decorator and the event stream."""
 
-from functools import cache, wraps
+from functools import wraps
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.core.validators import validate_ipv46_address
 from django.db import router
@@ -10,7 +11,7 @@ from django.utils import timezone
 
 from . import keys, ratelimit
 from .asyncdb import run_in_short_session
-from .compiled import CompiledQuery
+from .compiled import CompiledQuery, concrete_attnames
 from .conf import get_config
 from .exceptions import (
     ExpiredAPIKey,
@@ -59,8 +60,8 @@ def find_key(raw):
 
 
 def _key_with_owner_query(shape, **lookup):
-    key_fields, owner_fields = key_and_owner_fields()
-    names = [f.name for f in key_fields] + [f"owner__{f.name}" for f in owner_fields]
+    owner_names = (f"owner__{name}" for name in concrete_attnames(get_user_model()))
+    names = [*concrete_attnames(APIKey), *owner_names]
     return APIKey.objects.filter(**lookup).order_by().values_list(*names)[:1]
 
 
@@ -74,22 +75,10 @@ def key_with_owner(**lookup):
     rows = KEY_WITH_OWNER.rows(using, **lookup)
     if not rows:
         return None
-    key_fields, owner_fields = key_and_owner_fields()
-    key_values, owner_values = rows[0][: len(key_fields)], rows[0][len(key_fields) :]
-    key = APIKey.from_db(using, [f.attname for f in key_fields], key_values)
-    key.owner = APIKey.owner.field.related_model.from_db(
-        using, [f.attname for f in owner_fields], owner_values
-    )
+    user_model, key_names = get_user_model(), concrete_attnames(APIKey)
+    key = APIKey.from_db(using, key_names, rows[0][: len(key_names)])
+    key.owner = user_model.from_db(using, concrete_attnames(user_model), rows[0][len(key_names) :])
     return key
-
-
-@cache
-def key_and_owner_fields():
-    """The concrete fields of a key and of its owner, in the order ``from_db()`` takes."""
-    return (
-        tuple(APIKey._meta.concrete_fields),
-        tuple(APIKey.owner.field.related_model._meta.concrete_fields),
-    )
 
 
 def mode_accepted(mode):

@@ -9,6 +9,7 @@ converting the rows as the ORM does.
 """
 
 import secrets
+from functools import cache
 
 from django.db import connections
 
@@ -110,3 +111,10 @@ def standin(value):
 
 def is_standin(param, standins):
     return isinstance(param, (str, int)) and not isinstance(param, bool) and param in standins
+
+
+@cache
+def concrete_attnames(model):
+    """The attnames of ``model``'s concrete fields, in the order ``Model.from_db()`` takes
+    them (and ``values_list()`` reads them)."""
+    return tuple(field.attname for field in model._meta.concrete_fields)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from django.db import router
 
-from apikeys.compiled import CompiledQuery
+from apikeys.compiled import CompiledQuery, concrete_attnames
 
 from .models import Execution, NodeRun, is_possible_id
 
@@ -30,7 +30,7 @@ def visible_execution(viewer, execution_id, fields=None):
     given."""
     if not is_possible_id(execution_id):
         return None
-    fields = fields or attnames(Execution)
+    fields = fields or concrete_attnames(Execution)
     sees = {"owner_id": viewer.owner_id, "mode": viewer.mode}
     using = router.db_for_read(Execution)
     rows = VISIBLE_EXECUTION.rows(
@@ -45,12 +45,8 @@ def visible_execution(viewer, execution_id, fields=None):
 def with_node_runs(execution):
     """Give ``execution`` its ``node_runs``, in their order, as ``ExecutionSerializer``
     shows them; return it."""
-    fields = attnames(NodeRun)
+    fields = concrete_attnames(NodeRun)
     using = router.db_for_read(NodeRun)
     rows = NODE_RUNS.rows(using, fields, execution_id=execution.pk)
     execution.node_runs = [NodeRun.from_db(using, fields, row) for row in rows]
     return execution
-
-
-def attnames(model):
-    return tuple(field.attname for field in model._meta.concrete_fields)
