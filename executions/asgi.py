@@ -102,6 +102,10 @@ class DisconnectWatch:
         return self.left
 
 
+# asgiref 3.11+ lets a ThreadSensitiveContext run on an executor it is given.
+POOLED_REQUEST_THREADS = "executor" in inspect.signature(ThreadSensitiveContext).parameters
+
+
 class RequestThreads:
     """Single-thread executors for requests' sync code, each serving one request at a
     time, kept for the next requests (up to ``keep`` idle ones)."""
@@ -109,16 +113,29 @@ class RequestThreads:
     def __init__(self, keep=32):
         self.keep, self.idle = keep, []
 
-    def take(self):
-        if self.idle:
-            return self.idle.pop()
-        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-request")
+    @contextlib.asynccontextmanager
+    async def context(self):
+        """A ``ThreadSensitiveContext`` for one request: its sync code on a thread of its
+        own, but one that served an earlier request, not a new one for each (a thread's
+        start and end were a sixth of a REST request's time). asgiref before 3.11 cannot
+        run a context on a given executor: there, Django's new thread."""
+        if not POOLED_REQUEST_THREADS:
+            async with ThreadSensitiveContext():
+                yield
+            return
+        executor = self.idle.pop() if self.idle else self.new_executor()
+        try:
+            async with ThreadSensitiveContext(executor=executor):
+                yield
+        finally:
+            if len(self.idle) < self.keep:
+                self.idle.append(executor)
+            else:
+                executor.shutdown(wait=False)
 
-    def give_back(self, executor):
-        if len(self.idle) < self.keep:
-            self.idle.append(executor)
-        else:
-            executor.shutdown(wait=False)
+    @staticmethod
+    def new_executor():
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="django-request")
 
 
 class OneThreadChain(BaseHandler):
@@ -139,10 +156,6 @@ class OneThreadChain(BaseHandler):
         return self.handler.resolve_request(request)
 
 
-# asgiref 3.11+ lets a ThreadSensitiveContext run on an executor it is given.
-POOLED_REQUEST_THREADS = "executor" in inspect.signature(ThreadSensitiveContext).parameters
-
-
 class StreamingASGIHandler(ASGIHandler):
     """Django's ASGI handler, for sites that hold thousands of event streams open.
 
@@ -159,9 +172,11 @@ class StreamingASGIHandler(ASGIHandler):
     has every async view skip the context too (its sync hooks then wait on each other's
     requests).
 
-    A request to a sync view (the REST API's, the admin's, the pages') runs its middleware
-    and view in one go on its thread, as under WSGI (``OneThreadChain``), not one trip to
-    that thread per middleware hook.
+    A request to a sync view (the REST API's, the admin's, the pages') runs as under WSGI:
+    ``request_started``, its middleware and view (``OneThreadChain``) and, once the
+    response holds its content, the response's ``close()`` (``request_finished``), in one
+    trip to its thread; Django's handler takes a trip for each signal and for each
+    middleware hook.
 
     Which view a request goes to is decided on the root URLconf, before any middleware
     runs; that resolution serves the request unless a middleware sets ``request.urlconf``.
@@ -174,23 +189,17 @@ class StreamingASGIHandler(ASGIHandler):
         self.closing = set()
 
     async def __call__(self, scope, receive, send):
-        view = self.resolve_scope(scope) if scope["type"] == "http" else None
-        if getattr(view, "streams_events", False):
-            await self.handle_event_stream(scope, receive, send)
-        elif iscoroutinefunction(view) and get_config()["THREAD_FREE_ASYNC_VIEWS"]:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)  # which refuses it
+            return
+        view = self.resolve_scope(scope)
+        if getattr(view, "streams_events", False) or (
+            iscoroutinefunction(view) and get_config()["THREAD_FREE_ASYNC_VIEWS"]
+        ):
             await self.handle(scope, receive, send)
-        elif scope["type"] == "http" and POOLED_REQUEST_THREADS:
-            # Django's own: the request's sync code on a thread of its own, but a thread
-            # that served an earlier request, not a new one for each (a thread's start
-            # and end were a sixth of a REST request's time).
-            executor = self.request_threads.take()
-            try:
-                async with ThreadSensitiveContext(executor=executor):
-                    await self.handle(scope, receive, send)
-            finally:
-                self.request_threads.give_back(executor)
         else:
-            await super().__call__(scope, receive, send)
+            async with self.request_threads.context():
+                await self.handle(scope, receive, send)
 
     @staticmethod
     def resolve_scope(scope):
@@ -207,44 +216,94 @@ class StreamingASGIHandler(ASGIHandler):
         scope[RESOLVED] = (path, outcome)
         return resolved_view(scope)
 
-    async def run_get_response(self, request):
-        view = resolved_view(request.scope)
-        if iscoroutinefunction(view):
-            return await super().run_get_response(request)
-        if getattr(view, "streams_events", False):
-            response = await self.open_event_stream(request)
+    async def handle(self, scope, receive, send):
+        """``ASGIHandler.handle()`` as Django 6.1 writes it, except that a sync view's
+        request runs in one trip to its thread (``respond_on_thread()``), and that an event
+        stream's request and body are dropped as soon as the view has answered, and its
+        response's head once it is sent: the stream is all that stays."""
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        set_script_prefix(get_script_prefix(scope))
+        request, response = self.create_request(scope, body_file)
+        on_thread = request is not None and not iscoroutinefunction(resolved_view(scope))
+        if not on_thread:
+            await signals.request_started.asend(sender=self.__class__, scope=scope)
+        watch = DisconnectWatch(receive)
+        try:
+            if on_thread:
+                response = await self.respond_on_thread(request)
+            elif request is not None:
+                response = await self.run_get_response(request)
+            if not isinstance(response, EventStreamResponse):
+                await self.send_response(response, send)
+            else:
+                release_request(request, response)
+                body_file.close()
+                request = body_file = None
+                # Sent here, not in send_response(): an open stream holds one coroutine less.
+                await send(response.head())
+                frames = response.frames
+                try:
+                    while (frame := await anext(frames, None)) is not None:
+                        await send({"type": "http.response.body", "body": frame, "more_body": True})
+                finally:
+                    await frames.aclose()
+                await send({"type": "http.response.body"})
+        except asyncio.CancelledError:
+            # The client left (Django's RequestAborted) unless another cancelled it too.
+            if not watch.stop() or asyncio.current_task().uncancel() > 0:
+                raise
+        finally:
+            watch.stop()
+            if body_file is not None:
+                body_file.close()
+        if response is not None and not response.closed:
+            await sync_to_async(response.close)()
+        elif response is None and not on_thread:  # the client left an async view
+            await signals.request_finished.asend(sender=self.__class__)
+        # else close_unsent() closes the response when the thread has it
+
+    async def respond_on_thread(self, request):
+        """Run ``respond()`` on the request's thread, an event stream's on the threads that
+        open streams, in one short database session. A response that comes after its
+        client left is closed, so that what it holds (a stream slot, a file) is let go."""
+        if getattr(resolved_view(request.scope), "streams_events", False):
+            responding = sessions.run("open", self.respond, request)
         else:
-            response = await sync_to_async(self.one_thread_chain.get_response)(request)
+            responding = sync_to_async(self.respond)(request)
+        responding = asyncio.ensure_future(responding)
+        try:
+            return await asyncio.shield(responding)
+        except asyncio.CancelledError:
+            responding.add_done_callback(self.close_unsent)
+            raise
+
+    def respond(self, request):
+        """Send ``request_started``, run the middleware and the view and, if the response
+        holds its content, close it (``request_finished``): the work WSGI does on the
+        request's thread, where Django's ASGI handler sends each signal from the event loop
+        and its sync receivers cost a trip to a thread each (a tenth of a request).
+        ``request_finished`` thus comes before the content is sent, as it does under WSGI
+        for a server that closes the response once it has it."""
+        signals.request_started.send(sender=self.__class__, scope=request.scope)
+        response = self.one_thread_chain.get_response(request)
         response._handler_class = self.__class__
         if isinstance(response, FileResponse):
             response.block_size = self.chunk_size
+        if not response.streaming:
+            response.close()
         return response
 
-    async def open_event_stream(self, request):
-        """Run a sync ``@streams_events`` view and its middleware in one short database
-        session, on the threads that open streams. A response that comes after its
-        client left is closed, so that what it holds (its stream slot) is let go."""
-        opening = asyncio.ensure_future(sessions.run("open", self.start_and_respond, request))
-        try:
-            return await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            opening.add_done_callback(self.close_unsent)
-            raise
-
-    def start_and_respond(self, request):
-        """Send ``request_started`` and run the chain, on the thread that opens the stream,
-        as WSGI sends it: from the event loop its sync receivers would cost another trip
-        to a thread (a tenth of an open)."""
-        signals.request_started.send(sender=self.__class__, scope=request.scope)
-        return self.one_thread_chain.get_response(request)
-
-    def close_unsent(self, opening):
-        """Close the response ``opening`` returned, if it returned one."""
-        if opening.cancelled() or opening.exception() is not None:
+    def close_unsent(self, responding):
+        """Close the response ``responding`` returned, if it returned one not closed."""
+        if responding.cancelled() or responding.exception() is not None:
             return
-        closing = asyncio.ensure_future(sync_to_async(opening.result().close)())
-        self.closing.add(closing)  # a task the loop holds weakly
-        closing.add_done_callback(self.closing.discard)
+        if not responding.result().closed:
+            closing = asyncio.ensure_future(sync_to_async(responding.result().close)())
+            self.closing.add(closing)  # a task the loop holds weakly
+            closing.add_done_callback(self.closing.discard)
 
     def create_request(self, scope, body_file):
         """``ASGIHandler.create_request()``, except that a request to this app's API whose
@@ -279,51 +338,6 @@ class StreamingASGIHandler(ASGIHandler):
             raise outcome
         request.resolver_match = outcome
         return outcome
-
-    async def handle_event_stream(self, scope, receive, send):
-        """``handle()`` as Django 6.1 writes it, except that the request and its body are
-        dropped as soon as the view has answered, and the response's head once it is sent:
-        the stream is all that stays."""
-        try:
-            body_file = await self.read_body(receive)
-        except RequestAborted:
-            return
-        set_script_prefix(get_script_prefix(scope))
-        request, response = self.create_request(scope, body_file)
-        if request is None or iscoroutinefunction(resolved_view(scope)):
-            await signals.request_started.asend(sender=self.__class__, scope=scope)
-        # else open_event_stream() sends it, on its thread
-        watch = DisconnectWatch(receive)
-        try:
-            if request is not None:
-                response = await self.run_get_response(request)
-            if not isinstance(response, EventStreamResponse):
-                await self.send_response(response, send)
-            else:
-                release_request(request, response)
-                body_file.close()
-                request = body_file = None
-                # Sent here, not in send_response(): an open stream holds one coroutine less.
-                await send(response.head())
-                frames = response.frames
-                try:
-                    while (frame := await anext(frames, None)) is not None:
-                        await send({"type": "http.response.body", "body": frame, "more_body": True})
-                finally:
-                    await frames.aclose()
-                await send({"type": "http.response.body"})
-        except asyncio.CancelledError:
-            # The client left (Django's RequestAborted) unless another cancelled it too.
-            if not watch.stop() or asyncio.current_task().uncancel() > 0:
-                raise
-        finally:
-            watch.stop()
-            if body_file is not None:
-                body_file.close()
-        if response is None:
-            await signals.request_finished.asend(sender=self.__class__)
-        else:
-            await sync_to_async(response.close)()
 
 
 def resolution(scope):

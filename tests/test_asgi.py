@@ -32,6 +32,7 @@ from tests.hub import eventually, hub_is_idle
 from tests.live_server import events_url, expected_body, ids_of
 from tests.runs import completed_run, running
 from tests.streams import Exchange
+from tests.views import Gate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -200,7 +201,9 @@ async def test_an_open_stream_keeps_no_headers_once_they_are_sent(handler, user,
 
 
 @pytest.mark.asyncio
-async def test_other_views_are_served_by_djangos_handler(handler, user, key_header):
+async def test_other_views_are_served_through_the_sites_middleware_and_view(
+    handler, user, key_header
+):
     exchange = await Exchange(handler, "/api/v1/workflows", [key_header]).finished()
     assert exchange.start["status"] == 200
     assert json.loads(exchange.body)["data"][0]["id"] == "wf_demo"
@@ -219,9 +222,51 @@ async def test_a_sync_views_middleware_and_view_run_in_one_trip_to_its_thread(
     monkeypatch.setattr(SyncToAsync, "__call__", counting_call)
     exchange = await Exchange(handler, "/api/v1/workflows", [key_header]).finished()
     assert exchange.start["status"] == 200
-    # The request's signals (started, finished by the response's close) and the chain.
-    assert trips.count("BaseHandler.get_response") == 1
-    assert not [trip for trip in trips if "process_" in trip or "Middleware" in trip]
+    # request_started, the middleware and view, and the response's close(): one trip.
+    assert trips == ["StreamingASGIHandler.respond"]
+
+
+@pytest.mark.asyncio
+async def test_a_sync_view_sends_request_started_and_finished_once_on_its_thread(handler):
+    sent = []
+
+    def on_signal(signal, **kwargs):
+        sent.append((signal, threading.current_thread().name))
+
+    signals.request_started.connect(on_signal)
+    signals.request_finished.connect(on_signal)
+    try:
+        exchange = await Exchange(handler, "/api/v1/workflows").finished()
+    finally:
+        signals.request_started.disconnect(on_signal)
+        signals.request_finished.disconnect(on_signal)
+    assert exchange.start["status"] == 401
+    assert [signal for signal, _ in sent] == [signals.request_started, signals.request_finished]
+    assert all(thread.startswith("django-request") for _, thread in sent)
+
+
+@pytest.mark.asyncio
+async def test_a_client_that_leaves_a_sync_view_gets_its_request_finished_once(handler):
+    finished = []
+
+    def on_finished(**kwargs):
+        finished.append(kwargs["sender"])
+
+    Gate.entered.clear()
+    Gate.opened.clear()
+    signals.request_finished.connect(on_finished)
+    try:
+        exchange = Exchange(handler, "/test-only/gated")
+        await asyncio.to_thread(Gate.entered.wait, 10)
+        await exchange.disconnect()  # the handler returns; the view goes on in its thread
+        assert exchange.messages == []
+        Gate.opened.set()
+        await eventually(lambda: finished)
+        await asyncio.sleep(0.1)  # any second request_finished
+    finally:
+        Gate.opened.set()
+        signals.request_finished.disconnect(on_finished)
+    assert finished == [StreamingASGIHandler]
 
 
 ASYNC_ONLY_SEEN = []
@@ -295,7 +340,7 @@ async def test_a_stream_under_a_script_prefix_is_served(handler, user, key_heade
 
 
 # Digests of Django's ASGIHandler.handle() (its code, without docstring or comments), which
-# StreamingASGIHandler.handle_event_stream() follows. A Django whose handle() differs fails
+# StreamingASGIHandler.handle() follows. A Django whose handle() differs fails
 # here until someone has read its handle() against ours and recorded it.
 DJANGO_HANDLE_DIGESTS = {
     "5.2": "757c338bcbdd6d351105a29b08cfa8edd1510f2c2def4070dca78801e5481875",
@@ -313,12 +358,12 @@ def code_digest(function):
     return hashlib.sha256(ast.unparse(definition).encode()).hexdigest()
 
 
-def test_djangos_handle_is_the_one_the_event_stream_handler_was_written_against():
+def test_djangos_handle_is_the_one_the_streaming_handler_was_written_against():
     version = ".".join(map(str, django.VERSION[:2]))
-    assert version in DJANGO_HANDLE_DIGESTS, f"Django {version}: review handle_event_stream()"
+    assert version in DJANGO_HANDLE_DIGESTS, f"Django {version}: review our handle()"
     assert code_digest(ASGIHandler.handle) == DJANGO_HANDLE_DIGESTS[version], (
         f"Django {django.get_version()} changed ASGIHandler.handle(): compare it with "
-        "StreamingASGIHandler.handle_event_stream(), then record its digest here."
+        "StreamingASGIHandler.handle(), then record its digest here."
     )
 
 

@@ -1,5 +1,7 @@
 """Views that exercise the apikeys app's DRF and plain-async integrations in tests."""
 
+import threading
+
 from asgiref.sync import SyncToAsync
 from django.http import JsonResponse
 from django.urls import path
@@ -34,6 +36,19 @@ async def thread_context_view(request):
     return JsonResponse({"thread_sensitive_context": in_context})
 
 
+class Gate:
+    """Hold ``gated_view`` until a test opens the gate."""
+
+    entered = threading.Event()
+    opened = threading.Event()
+
+
+def gated_view(request):
+    Gate.entered.set()
+    Gate.opened.wait(timeout=10)
+    return JsonResponse({"gated": True})
+
+
 async def alternate_view(request):
     return JsonResponse({"urlconf": "alternate"})
 
@@ -55,4 +70,5 @@ urlpatterns = [
     path("drf/any", AnyKeyDRFView.as_view()),
     path("async/scoped", scoped_async_view),
     path("async/context", thread_context_view),
+    path("gated", gated_view),
 ]
