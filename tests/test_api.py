@@ -14,6 +14,7 @@ from django.db import connection
 from django.test import AsyncClient
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.serializers import ModelSerializer
 
 from executions import views
 from executions import workflows as registry_module
@@ -606,6 +607,27 @@ def test_execution_detail_has_node_runs_with_millisecond_utc_times(client, raw, 
         assert TIMESTAMP.match(node["completed_at"])
         assert isinstance(node["duration_ms"], int)
         assert node["duration_ms"] >= 0
+
+
+def test_executions_are_represented_with_fields_built_once_per_serializer_class(
+    client, raw, user, monkeypatch
+):
+    finished = finished_execution(user, nodes=("node_1", "node_2")).execution_id
+    pending = new_execution(user).execution_id
+    call(client, "get", f"/api/v1/executions/{finished}", raw)  # builds them if not yet
+    built = []
+    get_fields = ModelSerializer.get_fields
+    monkeypatch.setattr(
+        ModelSerializer, "get_fields", lambda self: built.append(self) or get_fields(self)
+    )
+
+    detail = assert_success(call(client, "get", f"/api/v1/executions/{pending}", raw))
+    listed, _ = assert_page(call(client, "get", "/api/v1/executions", raw))
+
+    assert built == []
+    assert detail["id"] == pending
+    assert detail["nodes"] == []
+    assert [(e["id"], len(e["nodes"])) for e in listed] == [(pending, 0), (finished, 2)]
 
 
 def test_pending_execution_detail_has_nulls_for_what_has_not_happened(client, raw, user):
