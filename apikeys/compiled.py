@@ -8,6 +8,7 @@ queryset once, with stand-in values, and runs that SQL again with the real ones,
 converting the rows as the ORM does.
 """
 
+import re
 import secrets
 from functools import cache
 
@@ -18,9 +19,10 @@ class CompiledQuery:
     """A ``values_list()`` queryset compiled once per database and shape.
 
     ``build(shape, **values)`` returns the queryset. Each value is a string or an integer
-    that the query compares with a column, so that it reaches the SQL as a parameter
-    unchanged; ``shape`` is whatever else changes the SQL (a LIMIT), and so are the
-    names of the values given (a filter left out when its value is not). ``build``
+    that the query compares with a column, or an integer it slices by (Django writes a
+    LIMIT and an OFFSET into the SQL's text: they become parameters there), so that it
+    reaches the SQL unchanged; ``shape`` is whatever else changes the SQL, and so are
+    the names of the values given (a filter left out when its value is not). ``build``
     never sees the real values: checks that depend on them come before.
     """
 
@@ -61,6 +63,7 @@ class Compiled:
         compiler = queryset.query.get_compiler(using)
         sql, params = compiler.as_sql()
         params = [Slot(standins[p], type(p)) if is_standin(p, standins) else p for p in params]
+        sql, params = parameterize_literals(sql, params, standins)
         if set(values) != {p.name for p in params if isinstance(p, Slot)}:
             return None
         columns = [column for column, _, _ in compiler.select[: compiler.col_count]]
@@ -107,6 +110,22 @@ def standin(value):
         return f"~{secrets.token_hex(8)}"
     # Within a 32-bit column's range: Django drops a comparison with a value beyond it.
     return 1_000_000_000 + secrets.randbelow(1_000_000_000)
+
+
+def parameterize_literals(sql, params, standins):
+    """Return ``sql`` and ``params`` with each integer stand-in that the SQL's text holds
+    once (where Django wrote a LIMIT or an OFFSET) made a parameter."""
+    for value, name in standins.items():
+        if type(value) is not int:
+            continue
+        found = list(re.finditer(rf"(?<![\w.]){value}(?![\w.])", sql))
+        if len(found) != 1:
+            continue
+        start, end = found[0].span()
+        before = sql[:start].replace("%%", "").count("%s")
+        sql = f"{sql[:start]}%s{sql[end:]}"
+        params = [*params[:before], Slot(name, int), *params[before:]]
+    return sql, params
 
 
 def is_standin(param, standins):

@@ -1,5 +1,6 @@
 """The hot reads of executions, compiled once per process (``apikeys.compiled``): an
-execution by id as a viewer sees it, and an execution's node runs."""
+execution by id as a viewer sees it, a page of the executions it sees, and their node
+runs."""
 
 from types import SimpleNamespace
 
@@ -17,11 +18,25 @@ VISIBLE_EXECUTION = CompiledQuery(
         .values_list(*fields)[:1]
     )
 )
-NODE_RUNS = CompiledQuery(
-    lambda fields, execution_id: NodeRun.objects.filter(execution_id=execution_id).values_list(
-        *fields
+EXECUTION_PAGE = CompiledQuery(
+    lambda fields, offset, limit, owner_id=None, mode=None, **filters: (
+        Execution.objects.visible_to(SimpleNamespace(owner_id=owner_id, mode=mode))
+        .filter(**filters)
+        .values_list(*fields)[offset : offset + limit]
     )
 )
+# One SQL per number of executions: at most a page's worth of shapes.
+NODE_RUNS = CompiledQuery(
+    lambda fields, **execution_ids: NodeRun.objects.filter(
+        execution_id__in=list(execution_ids.values())
+    ).values_list(*fields)
+)
+
+
+def seen_by(viewer):
+    """The values that ``Execution.objects.visible_to(viewer)`` filters on."""
+    sees = {"owner_id": viewer.owner_id, "mode": viewer.mode}
+    return {name: value for name, value in sees.items() if value is not None}
 
 
 def visible_execution(viewer, execution_id, fields=None):
@@ -31,22 +46,47 @@ def visible_execution(viewer, execution_id, fields=None):
     if not is_possible_id(execution_id):
         return None
     fields = fields or concrete_attnames(Execution)
-    sees = {"owner_id": viewer.owner_id, "mode": viewer.mode}
     using = router.db_for_read(Execution)
-    rows = VISIBLE_EXECUTION.rows(
-        using,
-        fields,
-        execution_id=execution_id,
-        **{name: value for name, value in sees.items() if value is not None},
-    )
+    rows = VISIBLE_EXECUTION.rows(using, fields, execution_id=execution_id, **seen_by(viewer))
     return Execution.from_db(using, fields, rows[0]) if rows else None
 
 
-def with_node_runs(execution):
-    """Give ``execution`` its ``node_runs``, in their order, as ``ExecutionSerializer``
-    shows them; return it."""
-    fields = concrete_attnames(NodeRun)
-    using = router.db_for_read(NodeRun)
-    rows = NODE_RUNS.rows(using, fields, execution_id=execution.pk)
-    execution.node_runs = [NodeRun.from_db(using, fields, row) for row in rows]
-    return execution
+class VisibleExecutions:
+    """The executions ``viewer`` may see, newest first, of those that match ``filters``
+    (``workflow_id``, ``status``): ``count()`` through the ORM, a slice (a page) through a
+    compiled read, with their node runs."""
+
+    def __init__(self, viewer, **filters):
+        self.viewer, self.filters = viewer, filters
+
+    def count(self):
+        return Execution.objects.visible_to(self.viewer).filter(**self.filters).count()
+
+    def __getitem__(self, page):
+        fields = concrete_attnames(Execution)
+        using = router.db_for_read(Execution)
+        rows = EXECUTION_PAGE.rows(
+            using,
+            fields,
+            offset=page.start,
+            limit=page.stop - page.start,
+            **seen_by(self.viewer),
+            **self.filters,
+        )
+        return with_node_runs(*(Execution.from_db(using, fields, row) for row in rows))
+
+
+def with_node_runs(*executions):
+    """Give each of ``executions`` its ``node_runs``, in their order, as
+    ``ExecutionSerializer`` shows them, in one query; return them as a list."""
+    runs = {execution.pk: [] for execution in executions}
+    if runs:
+        fields = concrete_attnames(NodeRun)
+        using = router.db_for_read(NodeRun)
+        execution_ids = {f"id{index}": pk for index, pk in enumerate(runs)}
+        for row in NODE_RUNS.rows(using, fields, **execution_ids):
+            node_run = NodeRun.from_db(using, fields, row)
+            runs[node_run.execution_id].append(node_run)
+    for execution in executions:
+        execution.node_runs = runs[execution.pk]
+    return list(executions)

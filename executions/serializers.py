@@ -53,7 +53,7 @@ class ExecutionSerializer(SharedFields, serializers.ModelSerializer):
     completed_at = TimestampField(allow_null=True)
     created_at = TimestampField()
     duration_ms = serializers.IntegerField(allow_null=True)
-    nodes = NodeRunSerializer(many=True, source="node_runs")  # executions_for(), with_node_runs()
+    nodes = NodeRunSerializer(many=True, source="node_runs")  # lookups.with_node_runs()
 
     class Meta:
         model = Execution

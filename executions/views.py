@@ -4,7 +4,6 @@ import logging
 from urllib.parse import urlencode
 
 from django.db import transaction
-from django.db.models import Prefetch
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework import status
@@ -17,8 +16,8 @@ from apikeys.responses import error_response, format_timestamp, success_body
 from apikeys.views import ScopedAPIView
 
 from . import schema
-from .lookups import visible_execution, with_node_runs
-from .models import Execution, NodeRun, Status
+from .lookups import VisibleExecutions, visible_execution, with_node_runs
+from .models import Status
 from .pagination import paginate
 from .recorder import ExecutionFinished, ExecutionRecorder
 from .serializers import (
@@ -42,21 +41,12 @@ def find_workflow(workflow_id):
     return workflow
 
 
-def executions_for(request):
-    """The executions the request's key may see, with their node runs in one more query
-    (as lists: Django builds a queryset for each execution's related manager otherwise)."""
-    return Execution.objects.visible_to(request.auth).prefetch_related(
-        Prefetch(
-            "nodes", queryset=NodeRun.objects.order_by("started_at", "id"), to_attr="node_runs"
-        )
-    )
-
-
 def find_execution(request, execution_id):
     execution = visible_execution(request.auth, execution_id)
     if execution is None:
         raise ResourceNotFound("execution", execution_id)
-    return with_node_runs(execution)
+    [execution] = with_node_runs(execution)
+    return execution
 
 
 class WorkflowList(ScopedAPIView):
@@ -143,8 +133,8 @@ class ExecutionList(ScopedAPIView):
         responses=schema.envelope(ExecutionSerializer, many=True),
     )
     def get(self, request):
-        executions = executions_for(request)
         params = request.query_params
+        filters = {}
         workflow_id = params.get("workflow_id")
         if workflow_id:
             if unstorable_text(workflow_id):
@@ -152,7 +142,7 @@ class ExecutionList(ScopedAPIView):
                     "workflow_id holds a character no workflow id has.",
                     details={"workflow_id": "Must not hold a NUL or a lone surrogate."},
                 )
-            executions = executions.filter(workflow_id=workflow_id)
+            filters["workflow_id"] = workflow_id
         wanted_status = params.get("status")
         if wanted_status:
             if wanted_status not in Status.values:
@@ -160,7 +150,8 @@ class ExecutionList(ScopedAPIView):
                     f"Unknown status {wanted_status!r}.",
                     details={"status": f"Must be one of: {', '.join(Status.values)}."},
                 )
-            executions = executions.filter(status=wanted_status)
+            filters["status"] = wanted_status
+        executions = VisibleExecutions(request.auth, **filters)
         page, pagination = paginate(params, executions, count=executions.count())
         data = ExecutionSerializer(page, many=True).data
         return Response(success_body(request, data, pagination))

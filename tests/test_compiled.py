@@ -16,7 +16,12 @@ from apikeys.compiled import CompiledQuery
 from apikeys.models import APIKey
 from executions.grants import APIKeyGrant
 from executions.log import read_log
-from executions.lookups import visible_execution, with_node_runs
+from executions.lookups import (
+    EXECUTION_PAGE,
+    VisibleExecutions,
+    visible_execution,
+    with_node_runs,
+)
 from executions.models import Execution
 from executions.stream import STREAMED_FIELDS
 from tests.runs import completed_run
@@ -63,13 +68,37 @@ def test_an_execution_and_its_node_runs_load_as_the_orm_loads_them(user, make_ke
     execution_id = completed_run(user)
     expected, key = Execution.objects.get(pk=execution_id), make_key()[0]
     with CaptureQueriesContext(connection) as queries:
-        loaded = with_node_runs(visible_execution(key, execution_id))
+        [loaded] = with_node_runs(visible_execution(key, execution_id))
     assert len(queries) == 2
     assert field_values(loaded) == field_values(expected)
     assert [field_values(run) for run in loaded.node_runs] == [
         field_values(run) for run in expected.nodes.order_by("started_at", "id")
     ]
     assert len(loaded.node_runs) == 2  # completed_run() runs two nodes
+
+
+def test_a_page_of_executions_and_their_node_runs_load_as_the_orm_loads_them(
+    user, other_user, make_key
+):
+    mine = [completed_run(user) for _ in range(4)]
+    completed_run(other_user)
+    key = make_key()[0]
+    expected = list(Execution.objects.filter(owner=user).prefetch_related("nodes"))
+    assert [e.pk for e in expected] == mine[::-1]
+    executions = VisibleExecutions(key)
+    assert executions.count() == 4
+    with CaptureQueriesContext(connection) as queries:
+        pages = [executions[0:3], executions[3:6], executions[9:12]]
+    assert len(queries) == 5  # the last page is empty: no node runs to read
+    assert EXECUTION_PAGE.compiled and None not in EXECUTION_PAGE.compiled.values()
+    assert [[e.pk for e in page] for page in pages] == [mine[:0:-1], mine[:1], []]
+    loaded = [*pages[0], *pages[1]]
+    assert [field_values(e) for e in loaded] == [field_values(e) for e in expected]
+    assert [[field_values(r) for r in e.node_runs] for e in loaded] == [
+        [field_values(r) for r in e.nodes.all()] for e in expected
+    ]
+    assert VisibleExecutions(key, status="failed")[0:20] == []
+    assert VisibleExecutions(key, workflow_id="wf_demo").count() == 0
 
 
 def test_the_log_reads_as_the_orm_reads_it(user):
@@ -100,6 +129,25 @@ def test_a_query_compiles_once_for_each_shape_and_set_of_values_given(make_key):
     assert query.rows("default", 10, name="second") == [(second.pk, "second")]
     assert query.rows("default", 1, owner=first.owner_id) == [(first.pk, "first")]
     assert build.calls == 3
+
+
+def test_a_slice_compiles_once_and_takes_each_calls_limit_and_offset(make_key):
+    keys_by_pk = sorted(make_key(name=f"key {index}")[0].pk for index in range(5))
+    calls = []
+
+    def build(shape, offset, limit):
+        calls.append(shape)
+        return APIKey.objects.order_by("pk").values_list("pk", flat=True)[offset : offset + limit]
+
+    query = CompiledQuery(build)
+    pages = [query.rows("default", offset=o, limit=2) for o in (0, 2, 4, 6)]
+    assert [[pk for (pk,) in page] for page in pages] == [
+        keys_by_pk[0:2],
+        keys_by_pk[2:4],
+        keys_by_pk[4:],
+        [],
+    ]
+    assert len(calls) == 1
 
 
 def test_values_the_sql_would_not_take_as_they_are_go_through_the_orm(make_key):
