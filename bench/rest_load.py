@@ -9,6 +9,9 @@ HTTP/1.1 connections from one wrk thread, for ``--warmup`` seconds unmeasured an
 * ``list``: ``GET /api/v1/executions`` (the first page: 20, the default), with the key;
 * ``401``: ``GET /api/v1/executions/<id>`` with no key.
 
+``--endpoint NAME`` (repeatable) measures only those, to compare two commits in runs
+that alternate between them.
+
 Verified in the same run: wrk's Lua hook checks every response's status (200, or 401
 without a key) and that its body holds the execution's id (or ``"error"``); any other
 response, socket error or timeout fails the run.
@@ -90,6 +93,9 @@ function done(summary, latency, requests)
   io.write("bench first_unexpected " .. first .. "\n")
 end
 """
+
+
+ENDPOINTS = ("detail", "list", "401")
 
 
 def small_execution(username, nodes=3):
@@ -247,6 +253,12 @@ def parse_args():
     parser.add_argument("--duration", type=int, default=10, help="seconds measured")
     parser.add_argument("--warmup", type=int, default=2, help="seconds before, unmeasured")
     parser.add_argument("--executions", type=int, default=25, help="in the user's list")
+    parser.add_argument(
+        "--endpoint",
+        action="append",
+        choices=ENDPOINTS,
+        help="measure only this endpoint (repeatable; default: all three)",
+    )
     return parser.parse_args()
 
 
@@ -267,6 +279,7 @@ def main():
             ("list", "/api/v1/executions", key, ("200", ids[-1])),
             ("401", detail, None, ("401", '"error"')),
         ]
+        endpoints = [e for e in endpoints if e[0] in (args.endpoint or ENDPOINTS)]
         counts = {name: count_per_request(path, sent) for name, path, sent, _ in endpoints}
         background = wait_for_quiet_machine(args.quiet_wait)
         server, results = asyncio.run(bench(args, key, endpoints))
