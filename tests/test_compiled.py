@@ -17,6 +17,7 @@ from apikeys.models import APIKey
 from executions.grants import APIKeyGrant
 from executions.log import read_log
 from executions.lookups import (
+    EXECUTION_COUNT,
     EXECUTION_PAGE,
     VisibleExecutions,
     visible_execution,
@@ -98,7 +99,17 @@ def test_a_page_of_executions_and_their_node_runs_load_as_the_orm_loads_them(
         [field_values(r) for r in e.nodes.all()] for e in expected
     ]
     assert VisibleExecutions(key, status="failed")[0:20] == []
-    assert VisibleExecutions(key, workflow_id="wf_demo").count() == 0
+
+
+def test_the_executions_a_viewer_sees_count_as_the_orm_counts_them(user, other_user, make_key):
+    for owner in (user, user, other_user):
+        completed_run(owner)
+    viewers = [make_key()[0], make_key(mode="test")[0], SimpleNamespace(owner_id=None, mode=None)]
+    for viewer in viewers:
+        for filters in ({}, {"status": "completed"}, {"status": "failed"}, {"workflow_id": "x"}):
+            expected = Execution.objects.visible_to(viewer).filter(**filters).count()
+            assert VisibleExecutions(viewer, **filters).count() == expected, (viewer, filters)
+    assert EXECUTION_COUNT.compiled and None not in EXECUTION_COUNT.compiled.values()
 
 
 def test_the_log_reads_as_the_orm_reads_it(user):
