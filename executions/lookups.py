@@ -1,6 +1,6 @@
 """The hot reads of executions, compiled once per process (``apikeys.compiled``): an
-execution by id as a viewer sees it, a page of the executions it sees, and their node
-runs."""
+execution by id as a viewer sees it, the executions it sees (their count and a page), and
+their node runs."""
 
 from types import SimpleNamespace
 
@@ -11,25 +11,27 @@ from apikeys.compiled import CompiledQuery, concrete_attnames
 
 from .models import Execution, NodeRun, is_possible_id
 
+
+def visible(owner_id=None, mode=None, **filters):
+    """The queryset a compiled read starts from: ``visible_to()`` a viewer that sees
+    ``owner_id``'s executions in ``mode`` (None: every owner, both modes), filtered."""
+    viewer = SimpleNamespace(owner_id=owner_id, mode=mode)
+    return Execution.objects.visible_to(viewer).filter(**filters)
+
+
 VISIBLE_EXECUTION = CompiledQuery(
-    lambda fields, execution_id, owner_id=None, mode=None: (
-        Execution.objects.visible_to(SimpleNamespace(owner_id=owner_id, mode=mode))
-        .filter(pk=execution_id)
-        .order_by()
-        .values_list(*fields)[:1]
+    lambda fields, execution_id, **seen: (
+        visible(pk=execution_id, **seen).order_by().values_list(*fields)[:1]
     )
 )
 EXECUTION_PAGE = CompiledQuery(
-    lambda fields, offset, limit, owner_id=None, mode=None, **filters: (
-        Execution.objects.visible_to(SimpleNamespace(owner_id=owner_id, mode=mode))
-        .filter(**filters)
-        .values_list(*fields)[offset : offset + limit]
-    )
+    lambda fields, offset, limit, **seen: visible(**seen).values_list(*fields)[
+        offset : offset + limit
+    ]
 )
 EXECUTION_COUNT = CompiledQuery(
-    lambda _, owner_id=None, mode=None, **filters: (
-        Execution.objects.visible_to(SimpleNamespace(owner_id=owner_id, mode=mode))
-        .filter(**filters)
+    lambda _, **seen: (
+        visible(**seen)
         .order_by()
         # Grouped by a constant, which Django leaves out of GROUP BY: one COUNT(*) row.
         .annotate(everything=Value(1))
