@@ -7,6 +7,7 @@ commits its data and does its own database work through ``run_in_short_session``
 
 import ast
 import asyncio
+import contextlib
 import gc
 import hashlib
 import inspect
@@ -51,6 +52,24 @@ def handler():
 @pytest.fixture
 def key_header(make_key):
     return (b"x-api-key", make_key(scopes=["executions:read", "workflows:read"])[1].encode())
+
+
+@contextlib.contextmanager
+def signals_sent(*watched):
+    """Record each of the ``watched`` signals sent meanwhile, as ``(signal, sender, name of
+    the thread that sent it)``."""
+    sent = []
+
+    def receiver(signal, sender, **kwargs):
+        sent.append((signal, sender, threading.current_thread().name))
+
+    for signal in watched:
+        signal.connect(receiver)
+    try:
+        yield sent
+    finally:
+        for signal in watched:
+            signal.disconnect(receiver)
 
 
 async def open_running_stream(handler, user, key_header):
@@ -124,41 +143,25 @@ async def test_an_open_stream_frees_its_request_at_once(user, key_header, settin
 async def test_request_finished_is_sent_once_when_the_stream_ends(
     handler, user, key_header, settings
 ):
-    finished = []
-
-    def on_finished(**kwargs):
-        finished.append(kwargs["sender"])
-
-    signals.request_finished.connect(on_finished)
-    try:
+    with signals_sent(signals.request_finished) as finished:
         recorder, exchange = await open_running_stream(handler, user, key_header)
         assert finished == []
         await db(recorder.complete)
         await exchange.finished()
-        assert finished == [StreamingASGIHandler]
-    finally:
-        signals.request_finished.disconnect(on_finished)
+    assert [sender for _, sender, _ in finished] == [StreamingASGIHandler]
 
 
 @pytest.mark.asyncio
 async def test_request_started_is_sent_once_on_the_thread_that_opens_the_stream(
     handler, user, key_header
 ):
-    started = []
-
-    def on_started(**kwargs):
-        started.append((kwargs["sender"], threading.current_thread().name))
-
-    signals.request_started.connect(on_started)
-    try:
-        execution_id = await db(completed_run, user)
+    execution_id = await db(completed_run, user)
+    with signals_sent(signals.request_started) as started:
         await Exchange(handler, events_url(execution_id), [key_header]).finished()
         no_key = await Exchange(handler, events_url(execution_id)).finished()
-    finally:
-        signals.request_started.disconnect(on_started)
     assert no_key.start["status"] == 401
-    assert [sender for sender, _ in started] == [StreamingASGIHandler] * 2
-    assert all(thread.startswith("db-open") for _, thread in started)
+    assert [sender for _, sender, _ in started] == [StreamingASGIHandler] * 2
+    assert all(thread.startswith("db-open") for _, _, thread in started)
 
 
 @pytest.mark.asyncio
@@ -228,46 +231,30 @@ async def test_a_sync_views_middleware_and_view_run_in_one_trip_to_its_thread(
 
 @pytest.mark.asyncio
 async def test_a_sync_view_sends_request_started_and_finished_once_on_its_thread(handler):
-    sent = []
-
-    def on_signal(signal, **kwargs):
-        sent.append((signal, threading.current_thread().name))
-
-    signals.request_started.connect(on_signal)
-    signals.request_finished.connect(on_signal)
-    try:
+    with signals_sent(signals.request_started, signals.request_finished) as sent:
         exchange = await Exchange(handler, "/api/v1/workflows").finished()
-    finally:
-        signals.request_started.disconnect(on_signal)
-        signals.request_finished.disconnect(on_signal)
     assert exchange.start["status"] == 401
-    assert [signal for signal, _ in sent] == [signals.request_started, signals.request_finished]
-    [thread] = {thread for _, thread in sent}  # the request's, not the event loop's
+    assert [signal for signal, _, _ in sent] == [signals.request_started, signals.request_finished]
+    [thread] = {thread for _, _, thread in sent}  # the request's, not the event loop's
     assert thread != threading.current_thread().name
 
 
 @pytest.mark.asyncio
 async def test_a_client_that_leaves_a_sync_view_gets_its_request_finished_once(handler):
-    finished = []
-
-    def on_finished(**kwargs):
-        finished.append(kwargs["sender"])
-
     Gate.entered.clear()
     Gate.opened.clear()
-    signals.request_finished.connect(on_finished)
     try:
-        exchange = Exchange(handler, "/test-only/gated")
-        await asyncio.to_thread(Gate.entered.wait, 10)
-        await exchange.disconnect()  # the handler returns; the view goes on in its thread
-        assert exchange.messages == []
-        Gate.opened.set()
-        await eventually(lambda: finished)
-        await asyncio.sleep(0.1)  # any second request_finished
+        with signals_sent(signals.request_finished) as finished:
+            exchange = Exchange(handler, "/test-only/gated")
+            await asyncio.to_thread(Gate.entered.wait, 10)
+            await exchange.disconnect()  # the handler returns; the view goes on in its thread
+            assert exchange.messages == []
+            Gate.opened.set()
+            await eventually(lambda: finished)
+            await asyncio.sleep(0.1)  # any second request_finished
     finally:
         Gate.opened.set()
-        signals.request_finished.disconnect(on_finished)
-    assert finished == [StreamingASGIHandler]
+    assert [sender for _, sender, _ in finished] == [StreamingASGIHandler]
 
 
 ASYNC_ONLY_SEEN = []
