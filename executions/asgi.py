@@ -300,8 +300,9 @@ class StreamingASGIHandler(ASGIHandler):
         """Close the response ``responding`` returned, if it returned one not closed."""
         if responding.cancelled() or responding.exception() is not None:
             return
-        if not responding.result().closed:
-            closing = asyncio.ensure_future(sync_to_async(responding.result().close)())
+        response = responding.result()
+        if not response.closed:
+            closing = asyncio.ensure_future(sync_to_async(response.close)())
             self.closing.add(closing)  # a task the loop holds weakly
             closing.add_done_callback(self.closing.discard)
 

@@ -72,24 +72,17 @@ class VisibleExecutions:
     runs, through compiled reads."""
 
     def __init__(self, viewer, **filters):
-        self.viewer, self.filters = viewer, filters
+        self.seen = {**seen_by(viewer), **filters}
 
     def count(self):
-        using = router.db_for_read(Execution)
-        [(count,)] = EXECUTION_COUNT.rows(using, **seen_by(self.viewer), **self.filters)
+        [(count,)] = EXECUTION_COUNT.rows(router.db_for_read(Execution), **self.seen)
         return count
 
     def __getitem__(self, page):
         fields = concrete_attnames(Execution)
         using = router.db_for_read(Execution)
-        rows = EXECUTION_PAGE.rows(
-            using,
-            fields,
-            offset=page.start,
-            limit=page.stop - page.start,
-            **seen_by(self.viewer),
-            **self.filters,
-        )
+        limit = page.stop - page.start
+        rows = EXECUTION_PAGE.rows(using, fields, offset=page.start, limit=limit, **self.seen)
         return with_node_runs(*(Execution.from_db(using, fields, row) for row in rows))
 
 
