@@ -18,6 +18,9 @@ CONFIG_DEFAULTS = {
     "POLL_INTERVAL": None,
     # Events read from the log per query when replaying or filling a gap.
     "REPLAY_BATCH_SIZE": 500,
+    # Bytes of recently read events each process keeps (executions.logcache), so that
+    # streams replaying the same history read it from the database once; 0 keeps none.
+    "LOG_CACHE_BYTES": 16 * 1024 * 1024,
     # The shortest time between two hand-outs of an execution's events to the streams of
     # a process (seconds): events that come sooner go out together, in one write per
     # stream. 0 hands out every event at once.

@@ -1,15 +1,18 @@
 """The event log as streams read it. Every read goes through ``read_log()``: a stream's
 replay and gap filling, and a topic's catching up, alike."""
 
+from bisect import bisect_right
 from dataclasses import dataclass
+from operator import attrgetter
 
-from django.db import router
+from django.db import connections, router
 
 from apikeys.compiled import CompiledQuery
 
-from . import sessions
+from . import metrics, sessions
 from .conf import get_config
 from .events import TERMINAL_EVENTS, frame
+from .logcache import LOG_CACHE
 from .models import Event
 
 
@@ -45,12 +48,46 @@ def read_log(execution_id, after_seq, limit):
 
 def read_batch(execution_id, after, until=None):
     """Return the next batch of logged events after ``after``: at most
-    ``REPLAY_BATCH_SIZE``, none after ``until``, and none after a terminal event."""
-    batch = [
-        item
-        for item in read_log(execution_id, after, get_config()["REPLAY_BATCH_SIZE"])
-        if until is None or item.seq <= until
-    ]
+    ``REPLAY_BATCH_SIZE``, none after ``until``, and none after a terminal event.
+
+    What the process read lately comes from ``LOG_CACHE``; the rest from the database,
+    and goes into the cache when read outside a transaction.
+    """
+    batch, complete = cached_events(execution_id, after, until)
+    metrics.READ_FROM_CACHE.inc(len(batch))
+    if not complete:
+        size = get_config()["REPLAY_BATCH_SIZE"]
+        read = read_log(execution_id, batch[-1].seq if batch else after, size - len(batch))
+        metrics.READ_FROM_DATABASE.inc(len(read))
+        if not connections[router.db_for_read(Event)].in_atomic_block:
+            LOG_CACHE.put(execution_id, read)
+        batch += read
+    return ended(batch, until)
+
+
+def cached_batch(execution_id, after, until=None):
+    """Return ``read_batch()``'s answer when the cache holds all of it, else None."""
+    batch, complete = cached_events(execution_id, after, until)
+    if not complete:
+        return None
+    metrics.READ_FROM_CACHE.inc(len(batch))
+    return ended(batch, until)
+
+
+def cached_events(execution_id, after, until):
+    """Return the cached events after ``after`` (at most a batch), and whether they are
+    all that ``read_batch()`` answers: a whole batch, all up to ``until``, or the end."""
+    size = get_config()["REPLAY_BATCH_SIZE"]
+    events = LOG_CACHE.get(execution_id, after, size)
+    last = events[-1].seq if events else after
+    reached = until is not None and last >= until
+    return events, reached or len(events) == size or (bool(events) and events[-1].is_terminal)
+
+
+def ended(batch, until):
+    """Return ``batch`` without what comes after ``until`` or after a terminal event."""
+    if until is not None and batch and batch[-1].seq > until:
+        del batch[bisect_right(batch, until, key=attrgetter("seq")) :]
     for index, item in enumerate(batch):
         if item.is_terminal:
             del batch[index + 1 :]
@@ -70,8 +107,10 @@ async def log_batches(execution_id, after, until=None, guard=None):
     ``guard(read)``, when given, awaits each read for the caller (and may give it up).
     """
     while True:
-        read = sessions.run("log", read_batch, execution_id, after, until)
-        batch = await (read if guard is None else guard(read))
+        batch = cached_batch(execution_id, after, until)
+        if batch is None:
+            read = sessions.run("log", read_batch, execution_id, after, until)
+            batch = await (read if guard is None else guard(read))
         if not batch:
             return
         yield batch

@@ -57,6 +57,12 @@ LAYER_ERRORS = Counter(
     ["operation"],
 )
 LIVE, FROM_LOG = EVENTS_DELIVERED.labels("live"), EVENTS_DELIVERED.labels("log")
+LOG_READS = Counter(
+    "executions_log_reads",
+    "Logged events read for the streams, by where from: cache (executions.logcache) or database.",
+    ["source"],
+)
+READ_FROM_CACHE, READ_FROM_DATABASE = LOG_READS.labels("cache"), LOG_READS.labels("database")
 
 
 def registry():
