@@ -93,7 +93,9 @@ def open_stream(request, execution_id):
         raise ResourceNotFound("execution", execution_id)
     if execution.is_finished and after >= execution.last_seq:
         return Opening(grant, execution, after)
-    first_batch = read_batch(execution.pk, after)
+    # Up to the last_seq just read: what comes after reaches the stream as a gap or live,
+    # and the log cache can answer the whole batch.
+    first_batch = read_batch(execution.pk, after, until=execution.last_seq)
     return Opening(grant, execution, after, first_batch, slots.acquire(grant.quota))
 
 
