@@ -30,6 +30,8 @@ class Item:
         return self.event in TERMINAL_EVENTS
 
 
+EVENT, FRAME = attrgetter("event"), attrgetter("frame")
+
 LOG_AFTER = CompiledQuery(
     lambda limit, execution_id, after: (
         Event.objects.filter(execution_id=execution_id, seq__gt=after)
@@ -88,11 +90,15 @@ def ended(batch, until):
     """Return ``batch`` without what comes after ``until`` or after a terminal event."""
     if until is not None and batch and batch[-1].seq > until:
         del batch[bisect_right(batch, until, key=attrgetter("seq")) :]
-    for index, item in enumerate(batch):
-        if item.is_terminal:
-            del batch[index + 1 :]
-            break
+    terminal = list(map(TERMINAL_EVENTS.__contains__, map(EVENT, batch)))
+    if True in terminal:
+        del batch[terminal.index(True) + 1 :]
     return batch
+
+
+def frames_of(items):
+    """Return the frames of ``items``, one after the other, as one chunk."""
+    return b"".join(map(FRAME, items))
 
 
 def is_last_batch(batch):

@@ -22,7 +22,7 @@ from .asgi import EventStreamResponse, streams_events
 from .events import KEEPALIVE_FRAME, opening_frames
 from .fanout import CLIENT_LEFT, TERMINAL, StreamEnded, get_hub
 from .grants import grant_for_request
-from .log import is_last_batch, log_batches, read_batch
+from .log import FRAME, frames_of, is_last_batch, log_batches, read_batch
 from .lookups import visible_execution
 
 logger = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ async def event_stream(opening):
         "Stream opened", extra={"execution_id": execution_id, "last_event_id": opening.after}
     )
     try:
-        start = opening_frames(execution_id, execution.status) + b"".join(i.frame for i in first)
+        start = opening_frames(execution_id, execution.status) + frames_of(first)
         replayed = len(first)
         if first and first[-1].is_terminal:
             reason = TERMINAL
@@ -176,7 +176,7 @@ async def event_stream(opening):
                 read_any = True
                 replayed += len(batch)
                 subscription.last_write = time.monotonic()
-                yield b"".join(item.frame for item in batch)
+                yield frames_of(batch)
                 last_sent = batch[-1].seq
                 if batch[-1].is_terminal:
                     reason = TERMINAL
@@ -216,7 +216,7 @@ async def event_stream(opening):
                     )
                     async for batch in gap:
                         metrics.FROM_LOG.inc(len(batch))
-                        frames.extend(logged.frame for logged in batch)
+                        frames.extend(map(FRAME, batch))
                         last_sent = batch[-1].seq
                 frames.append(item.frame)
                 last_sent = item.seq
