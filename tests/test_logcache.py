@@ -2,12 +2,15 @@
 as the database would answer it."""
 
 import random
+import threading
+import time
 
 import pytest
 from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from prometheus_client import REGISTRY
 
+from apikeys.asyncdb import in_short_session
 from apikeys.asyncdb import run_in_short_session as db
 from executions.events import TERMINAL_EVENTS
 from executions.log import Item, cached_batch, is_last_batch, read_batch, read_log
@@ -85,6 +88,36 @@ def test_the_cache_answers_every_read_as_the_database_does(user, settings):
         cached = cached_batch(recorder.execution_id, after, until)
         assert cached in (None, expected), (after, until)
     assert LOG_CACHE.get(recorder.execution_id, 0, 1000) == read_log(recorder.execution_id, 0, 1000)
+
+
+def test_replays_on_many_threads_while_the_log_grows_read_what_the_database_holds(user, settings):
+    batches_of(settings, 4)
+    recorder = running(user, events=10)
+    randomly, replays, recording = random.Random(3), [], threading.Event()
+
+    def replay_again_and_again(seed):
+        starts = random.Random(seed)
+        while not recording.is_set():
+            after = starts.randint(0, 40)
+            replays.append((after, in_short_session(replay, recorder.execution_id, after)))
+
+    threads = [threading.Thread(target=replay_again_and_again, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        for number in range(30):
+            recorder.progress(completed_nodes=number, total_nodes=100)
+            time.sleep(randomly.random() / 100)
+        recorder.complete({"ok": True})
+    finally:
+        recording.set()
+        for thread in threads:
+            thread.join()
+    logged = read_log(recorder.execution_id, 0, 1000)
+    assert len(logged) == 41 and len(replays) > 40
+    for after, items in replays:
+        assert items == logged[after : after + len(items)], after
+    assert replay(recorder.execution_id) == logged
 
 
 def test_events_recorded_after_a_cached_read_come_from_the_database(user):
