@@ -173,6 +173,8 @@ async def event_stream(opening):
             # Not "async for": its StopAsyncIteration would pass through this frame, whose
             # frame object, made for the traceback, an idle stream would then keep.
             while (batch := await anext(replay, None)) is not None:
+                if subscription.ended:
+                    raise StreamEnded  # ended while it replayed from the log cache
                 read_any = True
                 replayed += len(batch)
                 subscription.last_write = time.monotonic()
