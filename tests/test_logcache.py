@@ -12,7 +12,9 @@ from prometheus_client import REGISTRY
 
 from apikeys.asyncdb import in_short_session
 from apikeys.asyncdb import run_in_short_session as db
+from executions import log
 from executions.events import TERMINAL_EVENTS
+from executions.fanout import GRANT_REVOKED, get_hub
 from executions.log import Item, cached_batch, is_last_batch, read_batch, read_log
 from executions.logcache import LOG_CACHE, size_of
 from executions.models import Execution
@@ -192,3 +194,30 @@ async def test_streams_replaying_one_history_read_it_from_the_database_once(user
     assert [body.split(b"\n\n", 2)[2] for body in bodies] == [frames, frames, after_3]
     assert log_reads("database") - from_database == len(expected)
     assert log_reads("cache") - from_cache == 2 * len(expected) - 3
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("settle_cancelled_tasks")
+async def test_a_stream_replaying_from_the_cache_stops_once_its_grant_is_gone(
+    user, raw_key, connect, settings, monkeypatch
+):
+    settings.CHANNEL_LAYERS = {**settings.CHANNEL_LAYERS}  # this test's loop's own layer
+    batches_of(settings, 2)
+    execution_id = await db(completed_run, user)
+    await db(replay, execution_id)  # the whole history in the cache
+    answered = []
+
+    def revoked_after_the_first_batch(*args):
+        batch = cached_batch(*args)
+        if batch:  # the stream's replay (its topic's catching up finds nothing after 7)
+            answered.append(batch)
+            # As the ticker ends the stream of a key revoked meanwhile.
+            [subscription] = get_hub().topics[execution_id].subscriptions
+            subscription.end(GRANT_REVOKED)
+        return batch
+
+    monkeypatch.setattr(log, "cached_batch", revoked_after_the_first_batch)
+    stream = await connect(execution_id, raw_key)
+    await stream.end()
+    assert stream.ids == [1, 2]  # the opening batch, not the batch the cache answered next
+    assert [[item.seq for item in batch] for batch in answered] == [[3, 4]]
