@@ -24,6 +24,7 @@ from .conf import get_config
 
 # What a session or a stream token holds: they open event streams and nothing else.
 STREAM_SCOPES = ("executions:read",)
+SESSION_SCOPES = frozenset(STREAM_SCOPES)
 
 
 class BaseGrant:
@@ -87,8 +88,12 @@ class APIKeyGrant(BaseGrant):
 
     @classmethod
     def current_scopes(cls, grants):
-        held = usable_key_scopes({grant.key_id for grant in grants})
-        return {grant: frozenset(held[grant.key_id]) for grant in grants if grant.key_id in held}
+        # One set per key, shared by its streams: a process may hold thousands of one key.
+        held = {
+            key_id: frozenset(scopes)
+            for key_id, scopes in usable_key_scopes({grant.key_id for grant in grants}).items()
+        }
+        return {grant: held[grant.key_id] for grant in grants if grant.key_id in held}
 
 
 class StreamTokenGrant(APIKeyGrant):
@@ -154,19 +159,22 @@ class SessionGrant(BaseGrant):
                 pk__in={grant.user_id for grant in grants}, is_active=True
             )
         }
+        # One HMAC per user, not per stream.
+        hashes = {pk: user.get_session_auth_hash() for pk, user in users.items()}
         return {
-            grant: frozenset(grant.scopes)
+            grant: SESSION_SCOPES
             for grant in grants
-            if grant.user_id in users and cls.still_holds(grant, users[grant.user_id])
+            if grant.user_id in users
+            and cls.still_holds(grant, users[grant.user_id], hashes[grant.user_id])
         }
 
     @staticmethod
-    def still_holds(grant, user):
+    def still_holds(grant, user, session_hash):
+        """Whether ``grant`` still holds for ``user``, whose session hash is now
+        ``session_hash``."""
         if user.is_staff != grant.is_staff:
             return False
-        if grant.session_hash is None:
-            return True
-        return constant_time_compare(grant.session_hash, user.get_session_auth_hash())
+        return grant.session_hash is None or constant_time_compare(grant.session_hash, session_hash)
 
 
 @cache

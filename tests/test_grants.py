@@ -13,8 +13,9 @@ from django.test import AsyncClient, Client
 from django.utils import timezone
 
 from apikeys.asyncdb import run_in_short_session as db
+from apikeys.models import APIKey
 from executions import tokens
-from executions.grants import SessionGrant
+from executions.grants import APIKeyGrant, SessionGrant
 from tests.hub import eventually
 from tests.live_server import events_url, expected_body
 from tests.runs import completed_run, running
@@ -111,6 +112,36 @@ async def test_a_staff_sessions_stream_ends_when_its_user_is_no_longer_staff(
     other_user.is_staff = False
     await db(other_user.save)
     await stream.end(within=10 * KEEPALIVE)
+
+
+def recheck(kind, grants):
+    return db(kind.current_scopes, grants)
+
+
+async def test_one_recheck_answers_each_of_many_streams_with_its_own_keys_scopes_now(
+    user, make_key
+):
+    kept, _ = await db(make_key, scopes=["executions:read"])
+    narrowed, _ = await db(make_key, scopes=["executions:read", "executions:cancel"])
+    revoked, _ = await db(make_key)
+    grants = {key: [APIKeyGrant(key) for _ in range(3)] for key in (kept, narrowed, revoked)}
+    await db(APIKey.objects.filter(pk=narrowed.pk).update, scopes=["workflows:read"])
+    await db(revoked.revoke)
+    held = await recheck(APIKeyGrant, [grant for of_key in grants.values() for grant in of_key])
+    assert held == {
+        **{grant: {"executions:read"} for grant in grants[kept]},
+        **{grant: {"workflows:read"} for grant in grants[narrowed]},
+    }
+
+
+async def test_one_recheck_of_many_session_streams_follows_each_session(user, other_user):
+    await db(user.refresh_from_db)
+    current = user.get_session_auth_hash()
+    grants = [SessionGrant(user, current), SessionGrant(user, None), SessionGrant(user, "stale")]
+    others = [SessionGrant(other_user, other_user.get_session_auth_hash()) for _ in range(2)]
+    await deactivate(other_user)
+    held = await recheck(SessionGrant, [*grants, *others])
+    assert held == {grants[0]: {"executions:read"}, grants[1]: {"executions:read"}}
 
 
 async def test_the_pages_and_the_stream_see_the_same_executions_through_a_session(user):
