@@ -114,10 +114,6 @@ async def test_a_staff_sessions_stream_ends_when_its_user_is_no_longer_staff(
     await stream.end(within=10 * KEEPALIVE)
 
 
-def recheck(kind, grants):
-    return db(kind.current_scopes, grants)
-
-
 async def test_one_recheck_answers_each_of_many_streams_with_its_own_keys_scopes_now(
     user, make_key
 ):
@@ -127,7 +123,9 @@ async def test_one_recheck_answers_each_of_many_streams_with_its_own_keys_scopes
     grants = {key: [APIKeyGrant(key) for _ in range(3)] for key in (kept, narrowed, revoked)}
     await db(APIKey.objects.filter(pk=narrowed.pk).update, scopes=["workflows:read"])
     await db(revoked.revoke)
-    held = await recheck(APIKeyGrant, [grant for of_key in grants.values() for grant in of_key])
+    held = await db(
+        APIKeyGrant.current_scopes, [grant for of_key in grants.values() for grant in of_key]
+    )
     assert held == {
         **{grant: {"executions:read"} for grant in grants[kept]},
         **{grant: {"workflows:read"} for grant in grants[narrowed]},
@@ -140,7 +138,7 @@ async def test_one_recheck_of_many_session_streams_follows_each_session(user, ot
     grants = [SessionGrant(user, current), SessionGrant(user, None), SessionGrant(user, "stale")]
     others = [SessionGrant(other_user, other_user.get_session_auth_hash()) for _ in range(2)]
     await deactivate(other_user)
-    held = await recheck(SessionGrant, [*grants, *others])
+    held = await db(SessionGrant.current_scopes, [*grants, *others])
     assert held == {grants[0]: {"executions:read"}, grants[1]: {"executions:read"}}
 
 
