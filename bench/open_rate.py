@@ -1,4 +1,4 @@
-"""Opening streams: how many per second one server process takes.
+"""Opening streams: how many per second one server process (or ``--workers``) takes.
 
 Each case gets a fresh server process and a fresh running execution (one event in its
 log, ``execution:started``) and opens ``--streams`` streams on it, at most
@@ -40,6 +40,7 @@ from stream_load import (
     delivery_problems,
     finish,
     open_streams,
+    parse_with_workers,
     percentile,
     print_tallies,
     row,
@@ -156,14 +157,16 @@ async def run_case(args, key, client, pace):
     """One case on a fresh server and execution: ``(figures, tallies, problems)``."""
     recorder = await asyncio.to_thread(running_execution)
     path = f"/api/v1/executions/{recorder.execution_id}/events"
-    server = Server.for_bench(args.server, label="open_rate")
+    server = Server.for_bench(args.server, workers=args.workers, label="open_rate")
     sampler = Sampler(server, interval=0.05, queues=False)
     spy = None
     try:
         await server.start(key)
         await sampler.start()
         if args.py_spy and client == "bench" and not pace:
-            spy = await start_py_spy(args.py_spy_bin, server.pid, args.py_spy)
+            spy = await start_py_spy(
+                args.py_spy_bin, server.pid, args.py_spy, subprocesses=server.workers > 1
+            )
         if client == "bench":
             figures, tallies, problems = await open_ours(args, server, path, key, recorder, pace)
         else:
@@ -186,10 +189,16 @@ async def run_case(args, key, client, pace):
     return figures, tallies, problems
 
 
+def servers(args):
+    if args.workers > 1:
+        return f"{args.server} --workers {args.workers}"
+    return f"one {args.server} process"
+
+
 def print_summary(args, cases):
     print()
     print(
-        f"Opening {args.streams} streams: one {args.server} process (a fresh one per case), "
+        f"Opening {args.streams} streams: {servers(args)} (a fresh one per case), "
         f"at most {args.connect_concurrency} connecting at once"
     )
     header = ("client, pacing", "streams/s", "all open", "opened", "open p50/p99", "server")
@@ -241,7 +250,7 @@ def parse_args():
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--drain-timeout", type=float, default=30.0)
     parser.add_argument("--reference", type=Path, default=REFERENCE_CLIENT)
-    return parser.parse_args()
+    return parse_with_workers(parser)
 
 
 def main():

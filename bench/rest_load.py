@@ -45,6 +45,7 @@ from stream_load import (
     describe_server,
     finish,
     machine_busy_ticks,
+    parse_with_workers,
     py_spy_output,
     running_execution,
     server_cpu_seconds,
@@ -172,7 +173,9 @@ async def measure(args, server, name, path, key, expected):
     spy = None
     if args.py_spy:
         output = py_spy_output(args.py_spy, name)
-        spy = await start_py_spy(args.py_spy_bin, server.pid, output)
+        spy = await start_py_spy(
+            args.py_spy_bin, server.pid, output, subprocesses=server.workers > 1
+        )
     cpu0, busy0 = server_cpu_seconds(server)[0], machine_busy_ticks()
     wall0 = time.monotonic()
     figures, wrk_cpu = await run_wrk(args, server, path, key, expected, args.duration)
@@ -202,7 +205,7 @@ async def measure(args, server, name, path, key, expected):
 
 
 async def bench(args, key, endpoints):
-    server = Server.for_bench(args.server, label="rest_load")
+    server = Server.for_bench(args.server, workers=args.workers, label="rest_load")
     try:
         await server.start(key)
         return server, [
@@ -259,7 +262,7 @@ def parse_args():
         choices=ENDPOINTS,
         help="measure only this endpoint (repeatable; default: all three)",
     )
-    return parser.parse_args()
+    return parse_with_workers(parser)
 
 
 def main():

@@ -4,12 +4,13 @@ An execution has a history (``--history`` events, recorded with ``batch()``) and
 producer (``bench/producer.py``) records ``--rate`` events per second into it for
 ``--duration`` seconds, then completes it. Once the producer is recording, the
 benchmark notes the execution's last id L and opens ``--clients`` streams at once, each
-with a random ``Last-Event-ID`` in 0..L, on a freshly started server process. The storm's
-figure is the time from then until every client has received everything up to L (the
-target: 10 s); it also gives the time until all are connected and per client
-percentiles. A client whose stream the server ends before the terminal event (as it
-ends a subscription that has queued ``STREAM_QUEUE_SIZE`` events) resumes as EventSource
-would, with its last id (at once, not after ``retry:``); those are counted.
+with a random ``Last-Event-ID`` in 0..L, on a freshly started server process (or
+``--workers`` processes behind one port). The storm's figure is the time from then until
+every client has received everything up to L (the target: 10 s); it also gives the time
+until all are connected and per client percentiles. A client whose stream the server
+ends before the terminal event (as it ends a subscription that has queued
+``STREAM_QUEUE_SIZE`` events) resumes as EventSource would, with its last id (at once,
+not after ``retry:``); those are counted.
 
 Verified in the same run: once the producer has completed the execution, every client
 (over its resumed streams) received exactly the ids after its Last-Event-ID, in order,
@@ -40,6 +41,7 @@ from stream_load import (
     finish,
     joined,
     open_streams,
+    parse_with_workers,
     percentile,
     print_tallies,
     producer_report,
@@ -90,7 +92,7 @@ async def wait_recording(execution_id, history, patience=60.0):
 async def storm(args, key, recorder):
     execution_id = recorder.execution_id
     path = f"/api/v1/executions/{execution_id}/events"
-    server = Server.for_bench(args.server, label="storm")
+    server = Server.for_bench(args.server, workers=args.workers, label="storm")
     sampler = Sampler(server)
     producer = spy = None
     try:
@@ -104,7 +106,9 @@ async def storm(args, key, recorder):
         choose = random.Random(args.seed).randint
         afters = [choose(0, last_seq) for _ in range(args.clients)]
         if args.py_spy:
-            spy = await start_py_spy(args.py_spy_bin, server.pid, args.py_spy)
+            spy = await start_py_spy(
+                args.py_spy_bin, server.pid, args.py_spy, subprocesses=server.workers > 1
+            )
         cpu0, client0 = server_cpu_seconds(server)[0], client_cpu_seconds()
         started = time.time()
         streams, failures, _ = await open_streams(
@@ -238,7 +242,7 @@ def parse_args():
         help="seconds to wait for the terminal events once the producer is done",
     )
     parser.add_argument("--seed", type=int, default=0, help="of the random Last-Event-IDs")
-    args = parser.parse_args()
+    args = parse_with_workers(parser)
     args.connect_concurrency = args.connect_concurrency or args.clients
     return args
 

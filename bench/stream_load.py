@@ -1295,6 +1295,17 @@ def common_arguments(parser, server="uvicorn", py_spy="profile the server"):
     )
 
 
+def parse_with_workers(parser):
+    """Add ``--workers`` (uvicorn worker processes behind the one port) and parse."""
+    parser.add_argument(
+        "--workers", type=int, default=1, help="uvicorn worker processes behind the one port"
+    )
+    args = parser.parse_args()
+    if args.workers > 1 and args.server != "uvicorn":
+        parser.error("--workers is uvicorn's")
+    return args
+
+
 def configure(args, streams=0):
     """Apply the common options and prepare PostgreSQL and Redis (``SetupError`` if not)."""
     BENCH_ENV["DJANGO_SETTINGS_MODULE"] = args.settings
@@ -1312,9 +1323,6 @@ def parse_args():
         default="flowmaestro.asgi:application",
         help="ASGI application to serve (bench.bare_sse:application: the server's floor)",
     )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="uvicorn worker processes behind the one port"
-    )
     parser.add_argument("--streams", type=int, help="default 1000, or 5000 with --idle")
     parser.add_argument("--rate", type=float, default=50.0, help="events per second")
     parser.add_argument("--duration", type=float, default=20.0, help="seconds of events")
@@ -1328,11 +1336,9 @@ def parse_args():
         help="--idle: trace the server's Python allocations and list where the "
         "per-stream memory goes (slower; use fewer streams)",
     )
-    args = parser.parse_args()
+    args = parse_with_workers(parser)
     if args.streams is None:
         args.streams = 5000 if args.idle else 1000
-    if args.workers > 1 and args.server != "uvicorn":
-        parser.error("--workers is uvicorn's")
     return args
 
 
