@@ -65,10 +65,13 @@ BENCH_RUNS := \
   "open_rate.py --server daphne" \
   "open_rate.py --server uvicorn --streams 5000 --pace 0" \
   "open_rate.py --server daphne --streams 5000 --pace 0" \
+  "open_rate.py --server uvicorn --workers 2 --pace 0" \
   "storm.py --server uvicorn" \
   "storm.py --server daphne" \
+  "storm.py --server uvicorn --workers 2" \
   "rest_load.py --server uvicorn" \
   "rest_load.py --server daphne" \
+  "rest_load.py --server uvicorn --workers 2" \
   "record_rate.py" \
   "late_join.py --server uvicorn" \
   "late_join.py --server daphne" \
