@@ -46,6 +46,7 @@ from stream_load import (
     finish,
     machine_busy_ticks,
     parse_with_workers,
+    proc_cpu_seconds,
     py_spy_output,
     running_execution,
     server_cpu_seconds,
@@ -176,12 +177,19 @@ async def measure(args, server, name, path, key, expected):
         spy = await start_py_spy(
             args.py_spy_bin, server.pid, output, subprocesses=server.workers > 1
         )
+    workers = server.worker_pids()
+    workers0 = [proc_cpu_seconds(pid) for pid in workers]
     cpu0, busy0 = server_cpu_seconds(server)[0], machine_busy_ticks()
     wall0 = time.monotonic()
     figures, wrk_cpu = await run_wrk(args, server, path, key, expected, args.duration)
     wall = time.monotonic() - wall0
     busy1 = machine_busy_ticks()
     server_cpu = server_cpu_seconds(server)[0] - cpu0
+    # wrk's connections go to whichever worker accepts first: this says how they split.
+    worker_cores = [
+        round((proc_cpu_seconds(pid) - before) / wall, 2)
+        for pid, before in zip(workers, workers0, strict=True)
+    ]
     if spy is not None:
         await stop_py_spy(spy)
     seconds = figures["duration_us"] / 1e6
@@ -199,6 +207,7 @@ async def measure(args, server, name, path, key, expected):
         "unexpected": figures["unexpected"],
         "first_unexpected": figures["first_unexpected"],
         "server_cores": round(server_cpu / wall, 2),
+        "worker_cores": worker_cores,
         "wrk_cores": round(wrk_cpu / wall, 2),
         "machine_busy": round((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 3),
     }
@@ -243,6 +252,11 @@ def print_summary(args, server, results, counts):
         "  (server and wrk in cores, busy: the whole machine; SQL queries and Redis round "
         "trips: one request through Django's test client, CaptureQueriesContext)"
     )
+    if server.workers > 1:
+        split = ", ".join(
+            f"{r['endpoint']} {' + '.join(f'{c:.2f}' for c in r['worker_cores'])}" for r in results
+        )
+        print(f"  cores per worker (the kernel hands wrk's connections to either): {split}")
     for name, (status, queries, _) in counts.items():
         print(f"  queries of one {name} request (HTTP {status}):")
         for sql in queries:
