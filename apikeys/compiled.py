@@ -14,6 +14,17 @@ from functools import cache
 
 from django.db import connections
 
+try:
+    import psycopg
+    from django.db.backends.postgresql.psycopg_any import BaseTzLoader
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
+    from psycopg.types.datetime import TimestamptzLoader
+
+    TIMESTAMPTZ = psycopg.adapters.types["timestamptz"]
+except ImportError:  # no psycopg 3: SQLite, or psycopg2
+    TIMESTAMPTZ = None
+
 
 class CompiledQuery:
     """A ``values_list()`` queryset compiled once per database and shape.
@@ -73,6 +84,7 @@ class Compiled:
         params = [p.value_in(values) if isinstance(p, Slot) else p for p in self.params]
         connection = connections[using]
         with connection.cursor() as cursor:
+            load_timestamps_in_c(cursor.cursor)
             cursor.execute(self.sql, params)
             rows = cursor.fetchall()
         if not self.converters:
@@ -87,6 +99,45 @@ class Compiled:
                 value = converter(value, expression, connection)
             row[position] = value
         return tuple(row)
+
+
+def load_timestamps_in_c(cursor):
+    """Have a psycopg 3 ``cursor`` load ``timestamptz`` values with psycopg's C loader, as
+    Django's loader gives them (the cursor's own time zone put in place).
+
+    Django's loader derives from psycopg's pure-Python one, which cannot be subclassed in
+    C (Django ticket #36960): parsing took a sixth of the executions list's time, a
+    0.9 µs a value with the C loader against 3.0. Only this cursor changes; a loader
+    of the host's own, or no C implementation, is left as it is.
+    """
+    adapters = getattr(cursor, "adapters", None)  # psycopg2 has none
+    if adapters is None or TIMESTAMPTZ is None:
+        return
+    loader = c_timestamp_loader(adapters.get_loader(TIMESTAMPTZ.oid, Format.TEXT))
+    if loader is not None:
+        adapters.register_loader(TIMESTAMPTZ.oid, loader)
+
+
+@cache
+def c_timestamp_loader(django_loader):
+    """A loader that gives what ``django_loader`` gives, through psycopg's C loader; None
+    when ``django_loader`` is not Django's or psycopg has no C loader."""
+    c_loader = psycopg.adapters.get_loader(TIMESTAMPTZ.oid, Format.TEXT)
+    if django_loader is None or not issubclass(django_loader, BaseTzLoader):
+        return None
+    if c_loader is None or issubclass(c_loader, TimestamptzLoader):  # the Python one
+        return None
+    tz = django_loader.timezone
+
+    class CTimestampLoader(Loader):
+        def __init__(self, oid, context=None):
+            super().__init__(oid, context)
+            self.c_load = c_loader(oid, context).load
+
+        def load(self, data):
+            return self.c_load(data).replace(tzinfo=tz)
+
+    return CTimestampLoader
 
 
 class Slot:

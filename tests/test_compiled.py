@@ -170,3 +170,26 @@ def test_values_the_sql_would_not_take_as_they_are_go_through_the_orm(make_key):
     assert query.rows("default", 10, name__startswith="nightly") == [(key.pk, key.name)]
     assert query.rows("default", 10, name=uuid.uuid4()) == []
     assert build.calls == 4  # the prefix: one compile that fails, then the ORM twice
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="psycopg's loaders")
+def test_timestamps_load_through_the_c_loader_as_djangos_loader_gives_them(user, make_key):
+    from psycopg.pq import Format
+
+    from apikeys.compiled import TIMESTAMPTZ, c_timestamp_loader, load_timestamps_in_c
+
+    execution_id = completed_run(user)
+    orm = Execution.objects.get(pk=execution_id)
+    compiled = visible_execution(make_key()[0], execution_id)
+    for name in ("created_at", "started_at", "completed_at"):
+        assert getattr(compiled, name) == getattr(orm, name)
+        assert getattr(compiled, name).tzinfo is getattr(orm, name).tzinfo
+    with connection.cursor() as cursor:
+        djangos = cursor.cursor.adapters.get_loader(TIMESTAMPTZ.oid, Format.TEXT)
+        load_timestamps_in_c(cursor.cursor)
+        assert cursor.cursor.adapters.get_loader(TIMESTAMPTZ.oid, Format.TEXT) is (
+            c_timestamp_loader(djangos)
+        )
+        assert c_timestamp_loader(djangos) is not None  # psycopg-binary is installed
+    with connection.cursor() as cursor:  # only that cursor changed
+        assert cursor.cursor.adapters.get_loader(TIMESTAMPTZ.oid, Format.TEXT) is djangos
