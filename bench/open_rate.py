@@ -46,6 +46,7 @@ from stream_load import (
     row,
     running_execution,
     server_cpu_seconds,
+    server_label,
     start_py_spy,
     stop_py_spy,
     wait_done,
@@ -189,16 +190,11 @@ async def run_case(args, key, client, pace):
     return figures, tallies, problems
 
 
-def servers(args):
-    if args.workers > 1:
-        return f"{args.server} --workers {args.workers}"
-    return f"one {args.server} process"
-
-
 def print_summary(args, cases):
     print()
     print(
-        f"Opening {args.streams} streams: {servers(args)} (a fresh one per case), "
+        f"Opening {args.streams} streams: {server_label(args.server, args.workers)} (a fresh "
+        "server per case), "
         f"at most {args.connect_concurrency} connecting at once"
     )
     header = ("client, pacing", "streams/s", "all open", "opened", "open p50/p99", "server")

@@ -1182,9 +1182,13 @@ def print_load_summary(args, server, streams, results, analysis, tallies):
         row("connect failures", f"{len(results['failures'])}: {results['failures'][0]}")
 
 
+def server_label(name, workers):
+    """``uvicorn``, or ``uvicorn --workers 2``."""
+    return f"{name} --workers {workers}" if workers > 1 else name
+
+
 def describe_server(server):
-    workers = f" --workers {server.workers}" if server.workers > 1 else ""
-    return f"{server.name}{workers} (pid {server.pid})"
+    return f"{server_label(server.name, server.workers)} (pid {server.pid})"
 
 
 def print_idle_summary(args, server, results):
