@@ -10,7 +10,6 @@ converting the rows as the ORM does.
 
 import re
 import secrets
-from contextlib import ExitStack
 from functools import cache
 
 from django.db import connections
@@ -24,7 +23,7 @@ try:
 
     TIMESTAMPTZ = psycopg.adapters.types["timestamptz"]
 except ImportError:  # no psycopg 3: SQLite, or psycopg2
-    psycopg = TIMESTAMPTZ = None
+    TIMESTAMPTZ = None
 
 
 class CompiledQuery:
@@ -44,48 +43,13 @@ class CompiledQuery:
 
     def rows(self, using, shape=(), **values):
         """Return the rows, as tuples, that the queryset gives for ``values`` on ``using``."""
-        compiled = self.compiled_for(using, shape, values)
-        if compiled is None:  # values the SQL would not take as they are (a UUID)
-            return list(self.build(shape, **values).using(using))
-        return compiled.run(using, values)
-
-    def compiled_for(self, using, shape, values):
         key = (using, shape, *((name, type(value)) for name, value in values.items()))
         compiled = self.compiled.get(key, MISSING)
         if compiled is MISSING:
             compiled = self.compiled[key] = Compiled.of(self.build, using, shape, values)
-        return compiled
-
-
-def rows_together(using, *reads):
-    """Return the rows of each read, a ``(compiled_query, shape, values)`` triple, the
-    reads sent to ``using`` together: in one round trip with psycopg 3 (its pipeline
-    mode), one after another elsewhere.
-
-    Each round trip lets go of the GIL and takes it back from whichever request thread
-    took it meanwhile: on one process, those hand-offs were a quarter of the REST API's
-    core (``docs/performance.md``).
-    """
-    compiled = [query.compiled_for(using, shape, values) for query, shape, values in reads]
-    connection = connections[using]
-    if None in compiled or not pipelines(connection):
-        return [query.rows(using, shape, **values) for query, shape, values in reads]
-    with ExitStack() as stack:
-        cursors = [stack.enter_context(connection.cursor()) for _ in reads]
-        runs = list(zip(compiled, cursors, (values for _, _, values in reads), strict=True))
-        with connection.wrap_database_errors, connection.connection.pipeline():
-            for each, cursor, values in runs:
-                each.execute(cursor, values)
-        return [each.fetch(cursor, connection) for each, cursor, _ in runs]
-
-
-def pipelines(connection):
-    """Whether ``connection`` can send queries in pipeline mode (psycopg 3 on a libpq that
-    has it)."""
-    if psycopg is None or connection.vendor != "postgresql":
-        return False
-    connection.ensure_connection()
-    return isinstance(connection.connection, psycopg.Connection) and psycopg.Pipeline.is_supported()
+        if compiled is None:  # values the SQL would not take as they are (a UUID)
+            return list(self.build(shape, **values).using(using))
+        return compiled.run(using, values)
 
 
 MISSING = object()
@@ -117,18 +81,12 @@ class Compiled:
         return cls(sql, params, list(compiler.get_converters(columns).items()))
 
     def run(self, using, values):
+        params = [p.value_in(values) if isinstance(p, Slot) else p for p in self.params]
         connection = connections[using]
         with connection.cursor() as cursor:
-            self.execute(cursor, values)
-            return self.fetch(cursor, connection)
-
-    def execute(self, cursor, values):
-        params = [p.value_in(values) if isinstance(p, Slot) else p for p in self.params]
-        load_timestamps_in_c(cursor.cursor)
-        cursor.execute(self.sql, params)
-
-    def fetch(self, cursor, connection):
-        rows = cursor.fetchall()
+            load_timestamps_in_c(cursor.cursor)
+            cursor.execute(self.sql, params)
+            rows = cursor.fetchall()
         if not self.converters:
             return rows
         return [self.convert(list(row), connection) for row in rows]

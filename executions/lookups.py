@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from django.db import router
 from django.db.models import Count, Value
 
-from apikeys.compiled import CompiledQuery, concrete_attnames, rows_together
+from apikeys.compiled import CompiledQuery, concrete_attnames
 
 from .models import Execution, NodeRun, is_possible_id
 
@@ -66,71 +66,37 @@ def visible_execution(viewer, execution_id, fields=None):
     return Execution.from_db(using, fields, rows[0]) if rows else None
 
 
-def visible_execution_with_node_runs(viewer, execution_id):
-    """``visible_execution()`` with its ``node_runs``, the two read in one round trip (the
-    node runs of an execution ``viewer`` may not see are read and left)."""
-    if not is_possible_id(execution_id):
-        return None
-    fields, using = concrete_attnames(Execution), router.db_for_read(Execution)
-    if router.db_for_read(NodeRun) != using:
-        execution = visible_execution(viewer, execution_id)
-        return execution and with_node_runs(execution)[0]
-    rows, node_runs = rows_together(
-        using,
-        (VISIBLE_EXECUTION, fields, {"execution_id": execution_id, **seen_by(viewer)}),
-        (NODE_RUNS, concrete_attnames(NodeRun), {"id0": execution_id}),
-    )
-    if not rows:
-        return None
-    [execution] = executions_with(node_runs, Execution.from_db(using, fields, rows[0]))
-    return execution
-
-
 class VisibleExecutions:
     """The executions ``viewer`` may see, newest first, of those that match ``filters``
-    (``workflow_id``, ``status``), through compiled reads: their ``len()``, and slices
-    (pages) with their node runs. A slice reads its page and the count in one round trip,
-    and ``len()`` after it answers from that count."""
+    (``workflow_id``, ``status``): their ``count()`` and a slice (a page) with their node
+    runs, through compiled reads."""
 
     def __init__(self, viewer, **filters):
         self.seen = {**seen_by(viewer), **filters}
-        self.counted = None
 
-    def __len__(self):
-        if self.counted is None:
-            [(self.counted,)] = EXECUTION_COUNT.rows(router.db_for_read(Execution), **self.seen)
-        return self.counted
+    def count(self):
+        [(count,)] = EXECUTION_COUNT.rows(router.db_for_read(Execution), **self.seen)
+        return count
 
     def __getitem__(self, page):
         fields = concrete_attnames(Execution)
         using = router.db_for_read(Execution)
-        window = {"offset": page.start, "limit": page.stop - page.start}
-        rows, [(self.counted,)] = rows_together(
-            using,
-            (EXECUTION_PAGE, fields, {**window, **self.seen}),
-            (EXECUTION_COUNT, (), self.seen),
-        )
+        limit = page.stop - page.start
+        rows = EXECUTION_PAGE.rows(using, fields, offset=page.start, limit=limit, **self.seen)
         return with_node_runs(*(Execution.from_db(using, fields, row) for row in rows))
 
 
 def with_node_runs(*executions):
     """Give each of ``executions`` its ``node_runs``, in their order, as
     ``ExecutionSerializer`` shows them, in one query; return them as a list."""
-    if not executions:
-        return []
-    execution_ids = {f"id{index}": execution.pk for index, execution in enumerate(executions)}
-    rows = NODE_RUNS.rows(router.db_for_read(NodeRun), concrete_attnames(NodeRun), **execution_ids)
-    return executions_with(rows, *executions)
-
-
-def executions_with(node_run_rows, *executions):
-    """Give each of ``executions`` its ``node_runs`` from ``node_run_rows`` (of
-    ``NODE_RUNS``), in their order; return them as a list."""
-    using, fields = router.db_for_read(NodeRun), concrete_attnames(NodeRun)
     runs = {execution.pk: [] for execution in executions}
-    for row in node_run_rows:
-        node_run = NodeRun.from_db(using, fields, row)
-        runs[node_run.execution_id].append(node_run)
+    if runs:
+        fields = concrete_attnames(NodeRun)
+        using = router.db_for_read(NodeRun)
+        execution_ids = {f"id{index}": pk for index, pk in enumerate(runs)}
+        for row in NODE_RUNS.rows(using, fields, **execution_ids):
+            node_run = NodeRun.from_db(using, fields, row)
+            runs[node_run.execution_id].append(node_run)
     for execution in executions:
         execution.node_runs = runs[execution.pk]
     return list(executions)

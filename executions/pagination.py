@@ -21,20 +21,18 @@ def positive_int(params, name, default):
     return int(raw)
 
 
-def paginate(params, items):
+def paginate(params, items, count=None):
     """Return ``(page_items, pagination)`` for the ``page``/``per_page`` query parameters.
 
-    ``items`` is a sequence, sliced before its ``len()`` is taken (``VisibleExecutions``
-    counts along with the slice); ``per_page`` above the maximum is capped.
+    ``items`` is a sequence or a queryset; ``per_page`` above the maximum is capped.
     """
     page = positive_int(params, "page", 1)
     per_page = min(positive_int(params, "per_page", DEFAULT_PER_PAGE), MAX_PER_PAGE)
-    start = (page - 1) * per_page
-    page_items = items[start : start + per_page]
-    total = len(items)
+    total = len(items) if count is None else count
     total_pages = math.ceil(total / per_page)
+    start = (page - 1) * per_page
     has_next = page < total_pages
-    return page_items, {
+    return items[start : start + per_page], {
         "page": page,
         "per_page": per_page,
         "total_count": total,

@@ -16,7 +16,7 @@ from apikeys.responses import error_response, format_timestamp, success_body
 from apikeys.views import ScopedAPIView
 
 from . import schema
-from .lookups import VisibleExecutions, visible_execution, visible_execution_with_node_runs
+from .lookups import VisibleExecutions, visible_execution, with_node_runs
 from .models import Status
 from .pagination import paginate
 from .recorder import ExecutionFinished, ExecutionRecorder
@@ -42,9 +42,10 @@ def find_workflow(workflow_id):
 
 
 def find_execution(request, execution_id):
-    execution = visible_execution_with_node_runs(request.auth, execution_id)
+    execution = visible_execution(request.auth, execution_id)
     if execution is None:
         raise ResourceNotFound("execution", execution_id)
+    [execution] = with_node_runs(execution)
     return execution
 
 
@@ -150,7 +151,8 @@ class ExecutionList(ScopedAPIView):
                     details={"status": f"Must be one of: {', '.join(Status.values)}."},
                 )
             filters["status"] = wanted_status
-        page, pagination = paginate(params, VisibleExecutions(request.auth, **filters))
+        executions = VisibleExecutions(request.auth, **filters)
+        page, pagination = paginate(params, executions, count=executions.count())
         data = ExecutionSerializer(page, many=True).data
         return Response(success_body(request, data, pagination))
 
