@@ -9,24 +9,31 @@ HTTP/1.1 connections from one wrk thread, for ``--warmup`` seconds unmeasured an
 * ``list``: ``GET /api/v1/executions`` (the first page: 20, the default), with the key;
 * ``401``: ``GET /api/v1/executions/<id>`` with no key.
 
-``--endpoint NAME`` (repeatable) measures only those, to compare two commits in runs
-that alternate between them.
+``--endpoint NAME`` (repeatable) measures only those. ``--against CHECKOUT`` serves
+another checkout of the project (another commit) beside this one, on the same database,
+and splits ``--duration`` into ``--rounds`` bursts (10) that the two servers take in
+turns: on a shared machine whose speed drifts by half within minutes, both are measured
+through the same moments, which runs one after another are not.
 
 Verified in the same run: wrk's Lua hook checks every response's status (200, or 401
 without a key) and that its body holds the execution's id (or ``"error"``); any other
 response, socket error or timeout fails the run.
 
-SQL queries and Redis round trips per request are counted outside the load, in this
-process: one request per endpoint through Django's test client (the same middleware,
-authentication and view) inside ``CaptureQueriesContext``, with redis-py's
-``send_packed_command`` counted (one call per round trip, a pipeline being one).
+Printed beside the rate: the server's CPU per request and its threads' context switches
+per request (``/proc``); and, counted outside the load in this process, one request per
+endpoint through Django's test client (the same middleware, authentication and view):
+its SQL queries (``CaptureQueriesContext``), its round trips to PostgreSQL (the
+ReadyForQuery messages in libpq's trace) and to Redis (redis-py's
+``send_packed_command``, a pipeline being one).
 
     .venv/bin/python bench/rest_load.py --server uvicorn
+    .venv/bin/python bench/rest_load.py --server uvicorn --endpoint detail --against ../before
 """
 
 import argparse
 import asyncio
 import logging
+import os
 import re
 import resource
 import secrets
@@ -34,9 +41,12 @@ import shutil
 import sys
 import tempfile
 import time
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 
 from stream_load import (
     HOST,
+    ROOT,
     Server,
     SetupError,
     common_arguments,
@@ -98,6 +108,7 @@ end
 
 
 ENDPOINTS = ("detail", "list", "401")
+PERCENTILES = ("p50", "p90", "p99", "max")
 
 
 def small_execution(username, nodes=3):
@@ -110,10 +121,48 @@ def small_execution(username, nodes=3):
     return recorder.execution_id
 
 
+@contextmanager
+def postgresql_round_trips(connection):
+    """Count the round trips of ``connection`` (a Django connection on psycopg 3) in the
+    block, into the list it yields: the ReadyForQuery messages in libpq's trace, one for
+    each query sent alone and one for each pipeline's sync. A connection the block opens
+    is traced from when Django has it, after the pool's check."""
+    from django.db.backends.signals import connection_created
+    from psycopg import pq
+
+    counted, traced = [], []  # traced: (pgconn, trace file)
+    with ExitStack() as files:
+
+        def trace(pgconn):
+            file = files.enter_context(tempfile.TemporaryFile())
+            pgconn.trace(file.fileno())
+            pgconn.set_trace_flags(pq.Trace.SUPPRESS_TIMESTAMPS)
+            traced.append((pgconn, file))
+
+        def on_connect(sender, connection, **kwargs):
+            if connection is watched:
+                trace(connection.connection.pgconn)
+
+        watched = connection
+        if connection.connection is not None:
+            trace(connection.connection.pgconn)
+        connection_created.connect(on_connect, weak=False)
+        try:
+            yield counted
+        finally:
+            connection_created.disconnect(on_connect)
+            total = 0
+            for pgconn, file in traced:
+                pgconn.untrace()
+                file.seek(0)
+                total += file.read().count(b"\tReadyForQuery")
+            counted.append(total)
+
+
 def count_per_request(path, key):
-    """Return ``(status, SQL queries, Redis round trips)`` of one GET of ``path`` through
-    Django's test client (``key``: sent as X-API-Key if not None), after one uncounted
-    (which connects to Redis)."""
+    """Return ``(status, SQL queries, PostgreSQL round trips, Redis round trips)`` of one
+    GET of ``path`` through Django's test client (``key``: sent as X-API-Key if not None),
+    after one uncounted (which connects to Redis)."""
     import redis
     from django.db import connection, connections
     from django.test import Client
@@ -132,13 +181,17 @@ def count_per_request(path, key):
     client.get(path, headers=headers)
     redis.connection.AbstractConnection.send_packed_command = counted
     try:
-        with CaptureQueriesContext(connection) as queries:
+        with (
+            CaptureQueriesContext(connection) as queries,
+            postgresql_round_trips(connection) as postgresql,
+        ):
             response = client.get(path, headers=headers)
     finally:
         redis.connection.AbstractConnection.send_packed_command = send
         logging.disable(logging.NOTSET)
         connections.close_all()
-    return response.status_code, [q["sql"] for q in queries.captured_queries], len(round_trips)
+    sql = [q["sql"] for q in queries.captured_queries]
+    return response.status_code, sql, postgresql[0], len(round_trips)
 
 
 async def run_wrk(args, server, path, key, expected, seconds):
@@ -169,95 +222,168 @@ async def run_wrk(args, server, path, key, expected, seconds):
     return figures, cpu
 
 
-async def measure(args, server, name, path, key, expected):
-    await run_wrk(args, server, path, key, expected, args.warmup)
-    spy = None
-    if args.py_spy:
-        output = py_spy_output(args.py_spy, name)
-        spy = await start_py_spy(
-            args.py_spy_bin, server.pid, output, subprocesses=server.workers > 1
-        )
+def context_switches(pids):
+    """The context switches of every thread of ``pids`` so far: each wait on a socket, a
+    lock or the GIL that let another thread run."""
+    total = 0
+    for pid in pids:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/status") as status:
+                total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+    return total
+
+
+async def burst(args, server, path, key, expected, seconds):
+    """Load ``server`` with wrk for ``seconds``; return wrk's figures and what it cost."""
     workers = server.worker_pids()
     workers0 = [proc_cpu_seconds(pid) for pid in workers]
+    switches0 = context_switches(server.pids())
     cpu0, busy0 = server_cpu_seconds(server)[0], machine_busy_ticks()
     wall0 = time.monotonic()
-    figures, wrk_cpu = await run_wrk(args, server, path, key, expected, args.duration)
+    figures, wrk_cpu = await run_wrk(args, server, path, key, expected, seconds)
     wall = time.monotonic() - wall0
     busy1 = machine_busy_ticks()
-    server_cpu = server_cpu_seconds(server)[0] - cpu0
-    # wrk's connections go to whichever worker accepts first: this says how they split.
-    worker_cores = [
-        round((proc_cpu_seconds(pid) - before) / wall, 2)
-        for pid, before in zip(workers, workers0, strict=True)
-    ]
-    if spy is not None:
-        await stop_py_spy(spy)
-    seconds = figures["duration_us"] / 1e6
     return {
-        "endpoint": name,
-        "path": path,
-        "requests": figures["requests"],
-        "per_second": round(figures["requests"] / seconds, 1),
-        **{
-            f"{p}_ms": round(figures[f"{p}"] / 1000, 2)
-            for p in ("p50", "p90", "p99", "max")
-            if p in figures
-        },
-        "errors": figures["errors"],
-        "unexpected": figures["unexpected"],
-        "first_unexpected": figures["first_unexpected"],
-        "server_cores": round(server_cpu / wall, 2),
-        "worker_cores": worker_cores,
-        "wrk_cores": round(wrk_cpu / wall, 2),
-        "machine_busy": round((busy1[0] - busy0[0]) / max(busy1[1] - busy0[1], 1), 3),
+        "figures": figures,
+        "wall": wall,
+        "server_cpu": server_cpu_seconds(server)[0] - cpu0,
+        "switches": context_switches(server.pids()) - switches0,
+        "worker_cpu": [
+            proc_cpu_seconds(pid) - before for pid, before in zip(workers, workers0, strict=True)
+        ],
+        "wrk_cpu": wrk_cpu,
+        "busy": (busy1[0] - busy0[0], busy1[1] - busy0[1]),
     }
 
 
+def result_of(name, path, bursts):
+    """One endpoint's figures on one server from its ``bursts`` (latency percentiles only
+    from one burst: wrk's cannot be merged)."""
+    requests = sum(b["figures"]["requests"] for b in bursts)
+    seconds = sum(b["figures"]["duration_us"] for b in bursts) / 1e6
+    wall = sum(b["wall"] for b in bursts)
+    server_cpu = sum(b["server_cpu"] for b in bursts)
+    unexpected = [b["figures"] for b in bursts if b["figures"]["unexpected"]]
+    return {
+        "endpoint": name,
+        "path": path,
+        "requests": requests,
+        "per_second": round(requests / seconds, 1),
+        "per_burst": [
+            round(b["figures"]["requests"] / b["figures"]["duration_us"] * 1e6) for b in bursts
+        ],
+        **(
+            {f"{p}_ms": round(bursts[0]["figures"][p] / 1000, 2) for p in PERCENTILES}
+            if len(bursts) == 1
+            else {}
+        ),
+        "errors": sum(b["figures"]["errors"] for b in bursts),
+        "unexpected": sum(b["figures"]["unexpected"] for b in bursts),
+        "first_unexpected": unexpected[0]["first_unexpected"] if unexpected else "",
+        "server_cores": round(server_cpu / wall, 2),
+        "server_ms_per_request": round(1000 * server_cpu / max(requests, 1), 2),
+        "switches_per_request": round(sum(b["switches"] for b in bursts) / max(requests, 1), 1),
+        # wrk's connections go to whichever worker accepts first: this says how they split.
+        "worker_cores": [
+            round(sum(cpu) / wall, 2)
+            for cpu in zip(*(b["worker_cpu"] for b in bursts), strict=True)
+        ],
+        "wrk_cores": round(sum(b["wrk_cpu"] for b in bursts) / wall, 2),
+        "machine_busy": round(
+            sum(b["busy"][0] for b in bursts) / max(sum(b["busy"][1] for b in bursts), 1), 3
+        ),
+    }
+
+
+async def measure(args, servers, name, path, key, expected):
+    """Return each server's figures for one endpoint: after a warm-up of each, ``--rounds``
+    bursts that share ``--duration``, the servers taking turns (each round reversing the
+    order), so that two checkouts are measured through the same moments of the machine."""
+    for server in servers:
+        await run_wrk(args, server, path, key, expected, args.warmup)
+    spies = []
+    if args.py_spy:
+        for server in servers:
+            output = py_spy_output(args.py_spy, name if server is servers[0] else f"{name}-against")
+            spies.append(
+                await start_py_spy(
+                    args.py_spy_bin, server.pid, output, subprocesses=server.workers > 1
+                )
+            )
+    bursts = {server: [] for server in servers}
+    seconds = max(args.duration // args.rounds, 1)  # wrk takes whole seconds
+    for turn in range(args.rounds):
+        for server in servers if turn % 2 == 0 else servers[::-1]:
+            bursts[server].append(await burst(args, server, path, key, expected, seconds))
+    for spy in spies:
+        await stop_py_spy(spy)
+    return [result_of(name, path, bursts[server]) for server in servers]
+
+
 async def bench(args, key, endpoints):
-    server = Server.for_bench(args.server, workers=args.workers, label="rest_load")
+    roots = [ROOT, *([args.against] if args.against else [])]
+    servers = [
+        Server.for_bench(args.server, workers=args.workers, label="rest_load", root=root)
+        for root in roots
+    ]
     try:
-        await server.start(key)
-        return server, [
-            await measure(args, server, name, path, sent_key, expected)
+        for server in servers:
+            await server.start(key)
+        return servers, [
+            await measure(args, servers, name, path, sent_key, expected)
             for name, path, sent_key, expected in endpoints
         ]
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
 
 
-def print_summary(args, server, results, counts):
+def print_summary(args, servers, results, counts):
     print()
+    against = f", against {args.against} (pid {servers[1].pid})" if args.against else ""
+    turns = f" in {args.rounds} bursts each, taking turns" if args.rounds > 1 else ""
     print(
-        f"REST: {describe_server(server)}, {args.connections} keep-alive connections (wrk, one "
-        f"thread), {args.duration:g} s after {args.warmup:g} s of warm-up"
+        f"REST: {describe_server(servers[0])}{against}, {args.connections} keep-alive "
+        f"connections (wrk, one thread), {args.duration:g} s{turns} after {args.warmup:g} s "
+        "of warm-up"
     )
-    header = ("endpoint", "requests/s", "p50 / p90 / p99 / max ms", "server", "wrk", "busy")
-    header += ("SQL", "Redis")
-    widths = (8, 11, 32, 7, 6, 6, 4, 5)
+    header = ("endpoint", "requests/s", "p50 / p90 / p99 / max ms", "server", "ms/req")
+    header += ("switches", "wrk", "busy", "SQL", "PG", "Redis")
+    widths = (8, 11, 32, 7, 6, 8, 5, 5, 3, 3, 5)
     print("  " + " ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True)))
-    for result in results:
-        status, queries, round_trips = counts[result["endpoint"]]
-        cells = (
-            result["endpoint"],
-            f"{result['per_second']:.0f}",
-            f"{result['p50_ms']} / {result['p90_ms']} / {result['p99_ms']} / {result['max_ms']}",
-            f"{result['server_cores']:.2f}",
-            f"{result['wrk_cores']:.2f}",
-            f"{result['machine_busy'] * 100:.0f} %",
-            str(len(queries)),
-            str(round_trips),
-        )
-        print("  " + " ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)))
+    for each in results:
+        for server, result in zip(servers, each, strict=True):
+            status, queries, postgresql, redis = counts[result["endpoint"]]
+            if args.rounds > 1:
+                latency = f"bursts {min(result['per_burst'])}-{max(result['per_burst'])} /s"
+            else:
+                latency = " / ".join(str(result[f"{p}_ms"]) for p in PERCENTILES)
+            cells = (
+                result["endpoint"] if server is servers[0] else "  against",
+                f"{result['per_second']:.0f}",
+                latency,
+                f"{result['server_cores']:.2f}",
+                f"{result['server_ms_per_request']:.2f}",
+                f"{result['switches_per_request']:.1f}",
+                f"{result['wrk_cores']:.2f}",
+                f"{result['machine_busy'] * 100:.0f} %",
+                *((str(len(queries)), str(postgresql), str(redis)) if server is servers[0] else ()),
+            )
+            print("  " + " ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=False)))
     print(
-        "  (server and wrk in cores, busy: the whole machine; SQL queries and Redis round "
-        "trips: one request through Django's test client, CaptureQueriesContext)"
+        "  (server and wrk in cores, ms/req: the server's CPU per request, switches: its "
+        "threads' context switches per request, busy: the whole machine; SQL queries and "
+        "round trips to PostgreSQL (after the pool's check) and Redis: one request of this "
+        "checkout through Django's test client)"
     )
-    if server.workers > 1:
+    if servers[0].workers > 1:
         split = ", ".join(
-            f"{r['endpoint']} {' + '.join(f'{c:.2f}' for c in r['worker_cores'])}" for r in results
+            f"{r['endpoint']} {' + '.join(f'{c:.2f}' for c in r['worker_cores'])}"
+            for each in results
+            for r in each
         )
         print(f"  cores per worker (the kernel hands wrk's connections to either): {split}")
-    for name, (status, queries, _) in counts.items():
+    for name, (status, queries, *_) in counts.items():
         print(f"  queries of one {name} request (HTTP {status}):")
         for sql in queries:
             print(f"    {sql[:150]}{'...' if len(sql) > 150 else ''}")
@@ -276,7 +402,22 @@ def parse_args():
         choices=ENDPOINTS,
         help="measure only this endpoint (repeatable; default: all three)",
     )
-    return parse_with_workers(parser)
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="CHECKOUT",
+        help="serve this other checkout of the project too, and take turns with it",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        help="bursts per server that share --duration (default 1, or 10 with --against)",
+    )
+    args = parse_with_workers(parser)
+    if args.against is not None and not (args.against / "manage.py").is_file():
+        parser.error(f"--against {args.against}: not a checkout of this project")
+    args.rounds = args.rounds or (10 if args.against else 1)
+    return args
 
 
 def main():
@@ -299,15 +440,16 @@ def main():
         endpoints = [e for e in endpoints if e[0] in (args.endpoint or ENDPOINTS)]
         counts = {name: count_per_request(path, sent) for name, path, sent, _ in endpoints}
         background = wait_for_quiet_machine(args.quiet_wait)
-        server, results = asyncio.run(bench(args, key, endpoints))
+        servers, results = asyncio.run(bench(args, key, endpoints))
     except SetupError as exc:
         print(f"setup failed: {exc}", file=sys.stderr)
         return 2
-    print_summary(args, server, results, counts)
+    print_summary(args, servers, results, counts)
     problems = [
         f"{r['endpoint']}: {r['errors']} socket errors, {r['unexpected']} unexpected responses"
         f" (first: {r['first_unexpected']})"
-        for r in results
+        for each in results
+        for r in each
         if r["errors"] or r["unexpected"]
     ]
     expected_status = {"detail": 200, "list": 200, "401": 401}
@@ -320,9 +462,16 @@ def main():
         "server": args.server,
         "connections": args.connections,
         "duration": args.duration,
-        "endpoints": results,
-        "queries": {name: len(queries) for name, (_, queries, _) in counts.items()},
-        "redis_round_trips": {name: trips for name, (_, _, trips) in counts.items()},
+        "endpoints": [this for this, *_ in results],
+        **(
+            {"against": str(args.against), "against_endpoints": [r for _, r in results]}
+            if args.against
+            else {}
+        ),
+        "rounds": args.rounds,
+        "queries": {name: len(queries) for name, (_, queries, *_) in counts.items()},
+        "postgresql_round_trips": {name: trips for name, (_, _, trips, _) in counts.items()},
+        "redis_round_trips": {name: trips for name, (*_, trips) in counts.items()},
     }
     verified = "every response had the expected status and body; no socket error or timeout"
     return finish("rest", figures, problems, background, verified)

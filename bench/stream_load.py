@@ -61,6 +61,13 @@ REDIS_URL = f"redis://{HOST}:6379/5"
 # The servers' PostgreSQL connections carry this name (libpq's PGAPPNAME), so that
 # pg_stat_activity tells them from the producer's and the benchmark's own.
 SERVER_APPLICATION_NAME = "bench-server"
+
+
+def python_path(root):
+    """The servers' and the producer's PYTHONPATH: the checkout ``root``, then the caller's."""
+    return os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))
+
+
 BENCH_ENV = {
     "DATABASE_URL": DATABASE_URL,
     "REDIS_URL": REDIS_URL,
@@ -70,7 +77,7 @@ BENCH_ENV = {
     "DEBUG": "0",
     "LOG_LEVEL": "WARNING",
     "SECRET_KEY": "bench-" + "x" * 50,
-    "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    "PYTHONPATH": python_path(ROOT),
 }
 TERMINAL_EVENTS = (b"event: execution:completed", b"event: execution:failed")
 TERMINAL_EVENTS += (b"event: execution:cancelled",)
@@ -689,31 +696,35 @@ def complete_execution(recorder):
 class Server:
     """One server process (uvicorn with ``workers`` > 1: a supervisor and its workers)."""
 
-    def __init__(self, name, app, port, log_path, tracemalloc_dir=None, workers=1):
+    def __init__(self, name, app, port, log_path, tracemalloc_dir=None, workers=1, root=ROOT):
         self.name, self.app, self.port, self.log_path = name, app, port, log_path
         self.tracemalloc_dir = tracemalloc_dir
         self.workers = workers
+        self.root = Path(root)  # the checkout it serves
         self.snapshots = 0
         self.process = None
 
     @classmethod
-    def for_bench(cls, name, app="flowmaestro.asgi:application", workers=1, label="bench"):
+    def for_bench(
+        cls, name, app="flowmaestro.asgi:application", workers=1, label="bench", root=ROOT
+    ):
         """A server on a free port, logging to a temporary file named after ``label``."""
         port = free_port()
         log_path = Path(tempfile.gettempdir()) / f"{label}_{name}_{port}.log"
-        return cls(name, app, port, log_path, workers=workers)
+        return cls(name, app, port, log_path, workers=workers, root=root)
 
     def spawn(self):
         env = {**os.environ, **BENCH_ENV, "PGAPPNAME": SERVER_APPLICATION_NAME}
+        env["PYTHONPATH"] = python_path(self.root)
         if self.tracemalloc_dir:
             # bench/tracemalloc_hook/sitecustomize.py traces and dumps on SIGUSR1.
             hook = ROOT / "bench" / "tracemalloc_hook"
-            env["PYTHONPATH"] = os.pathsep.join([str(hook), BENCH_ENV["PYTHONPATH"]])
+            env["PYTHONPATH"] = os.pathsep.join([str(hook), env["PYTHONPATH"]])
             env["BENCH_TRACEMALLOC_DIR"] = self.tracemalloc_dir
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 server_command(self.name, self.port, self.app, self.workers),
-                cwd=ROOT,
+                cwd=self.root,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
