@@ -378,9 +378,10 @@ def print_summary(args, servers, results, counts):
     )
     if servers[0].workers > 1:
         split = ", ".join(
-            f"{r['endpoint']} {' + '.join(f'{c:.2f}' for c in r['worker_cores'])}"
+            f"{r['endpoint']}{'' if server is servers[0] else ' against'} "
+            f"{' + '.join(f'{c:.2f}' for c in r['worker_cores'])}"
             for each in results
-            for r in each
+            for server, r in zip(servers, each, strict=True)
         )
         print(f"  cores per worker (the kernel hands wrk's connections to either): {split}")
     for name, (status, queries, *_) in counts.items():
