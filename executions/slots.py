@@ -25,9 +25,12 @@ logger = logging.getLogger(__name__)
 SLOT_TTL = 3
 PROCESS_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
-# Count the live processes' slots of a key, forget the dead ones', and take one slot if
-# fewer than the limit are held: -1 when the key is at its limit, else the new count.
+# Renew this process's heartbeat (before the fan-out's ticker first does, an acquire's
+# count would otherwise be another process's to forget), count the live processes' slots
+# of a key, forget the dead ones', and take one slot if fewer than the limit are held:
+# -1 when the key is at its limit, else the new count. One round trip.
 ACQUIRE = """
+redis.call('SET', ARGV[3] .. ARGV[1], 1, 'EX', ARGV[4])
 local total = 0
 local counts = redis.call('HGETALL', KEYS[1])
 for i = 1, #counts, 2 do
@@ -107,9 +110,9 @@ class RedisStore:
         return f"{self.prefix}:{owner}"
 
     def acquire(self, owner, limit):
-        self.renew()
         held = self.acquire_script(
-            keys=[self.key(owner)], args=[PROCESS_ID, limit, self.heartbeat_prefix]
+            keys=[self.key(owner)],
+            args=[PROCESS_ID, limit, self.heartbeat_prefix, heartbeat_seconds()],
         )
         return held != -1
 
@@ -120,8 +123,11 @@ class RedisStore:
             logger.warning("Releasing a stream slot failed: %r", exc)
 
     def renew(self):
-        ttl = math.ceil(SLOT_TTL * get_config()["KEEPALIVE_INTERVAL"])
-        self.client.set(self.heartbeat_prefix + PROCESS_ID, 1, ex=max(ttl, 1))
+        self.client.set(self.heartbeat_prefix + PROCESS_ID, 1, ex=heartbeat_seconds())
+
+
+def heartbeat_seconds():
+    return max(math.ceil(SLOT_TTL * get_config()["KEEPALIVE_INTERVAL"]), 1)
 
 
 _stores = {}

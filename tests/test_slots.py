@@ -2,8 +2,10 @@
 counted across processes in Redis, and how much a slow stream may queue."""
 
 import asyncio
+import threading
 
 import pytest
+import redis
 from django.conf import settings as django_settings
 from django.test import AsyncClient
 from prometheus_client import REGISTRY
@@ -113,6 +115,34 @@ async def test_the_slots_of_a_process_that_died_stop_counting(
     redis_client.hset(counts_key(f"key:{key.pk}"), "dead-process", 2)
     await connect(recorder.execution_id, raw)
     assert redis_client.hget(counts_key(f"key:{key.pk}"), "dead-process") is None
+
+
+async def test_taking_a_slot_renews_this_processs_heartbeat_in_the_same_round_trip(
+    redis_client, monkeypatch
+):
+    prefix = django_settings.APIKEYS["RATE_LIMIT_KEY_PREFIX"]
+    heartbeat, owner = f"{prefix}:streams:process:{slots.PROCESS_ID}", "key:heartbeat"
+    (await db(slots.acquire, owner)).release()  # Redis has the script from here on
+    redis_client.delete(heartbeat)
+    sent = []  # (thread, command): the fan-out's ticker renews on threads of its own
+    send = redis.connection.AbstractConnection.send_packed_command
+
+    def counted(self, command, check_health=True):
+        sent.append((threading.get_ident(), command))
+        return send(self, command, check_health)
+
+    def acquire():
+        slot = slots.acquire(owner)
+        return slot, [command for thread, command in sent if thread == threading.get_ident()]
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", counted)
+    slot, commands = await db(acquire)
+    monkeypatch.undo()
+    assert len(commands) == 1
+    assert redis_client.ttl(heartbeat) > 0
+    assert held(redis_client, owner) == 1
+    slot.release()
+    assert held(redis_client, owner) == 0
 
 
 async def test_the_slots_of_another_live_process_count(user, make_key, connect, redis_client):
