@@ -25,10 +25,10 @@ logger = logging.getLogger(__name__)
 SLOT_TTL = 3
 PROCESS_ID = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
-# Renew this process's heartbeat (before the fan-out's ticker first does, an acquire's
-# count would otherwise be another process's to forget), count the live processes' slots
-# of a key, forget the dead ones', and take one slot if fewer than the limit are held:
-# -1 when the key is at its limit, else the new count. One round trip.
+# Renew this process's heartbeat (until the fan-out's ticker first has, a count with no
+# heartbeat looks like a dead process's, and the next acquire would forget it), count the
+# live processes' slots of a key, forget the dead ones', and take one slot if fewer than
+# the limit are held: -1 when the key is at its limit, else the new count. One round trip.
 ACQUIRE = """
 redis.call('SET', ARGV[3] .. ARGV[1], 1, 'EX', ARGV[4])
 local total = 0
