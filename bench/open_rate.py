@@ -14,8 +14,14 @@ Verified in the same run: every stream of ours opens, gets ``execution:started``
 and, when the execution then completes, ``execution:completed`` and the end of its
 response; the reference client reports no failed or dropped stream.
 
+``--against CHECKOUT`` measures another checkout of the project (another commit) in
+turns with this one: ``--rounds`` (5) unpaced cases of this client each, the order
+reversed each round, so that both go through the same moments of a machine whose speed
+drifts.
+
     .venv/bin/python bench/open_rate.py --server uvicorn              # 1,000 streams
     .venv/bin/python bench/open_rate.py --server daphne --streams 5000
+    .venv/bin/python bench/open_rate.py --server uvicorn --against ../before
 """
 
 import argparse
@@ -28,6 +34,7 @@ from pathlib import Path
 
 from stream_load import (
     HOST,
+    ROOT,
     Sampler,
     Server,
     SetupError,
@@ -154,11 +161,12 @@ async def open_reference(args, server, path, key, pace):
     return figures, problems
 
 
-async def run_case(args, key, client, pace):
-    """One case on a fresh server and execution: ``(figures, tallies, problems)``."""
+async def run_case(args, key, client, pace, root=ROOT):
+    """One case on a fresh server of checkout ``root`` and a fresh execution:
+    ``(figures, tallies, problems)``."""
     recorder = await asyncio.to_thread(running_execution)
     path = f"/api/v1/executions/{recorder.execution_id}/events"
-    server = Server.for_bench(args.server, workers=args.workers, label="open_rate")
+    server = Server.for_bench(args.server, workers=args.workers, label="open_rate", root=root)
     sampler = Sampler(server, interval=0.05, queues=False)
     spy = None
     try:
@@ -182,6 +190,10 @@ async def run_case(args, key, client, pace):
         server.stop()
     figures.update(
         client=client,
+        checkout=str(root),
+        cpu_ms_per_open=round(
+            1000 * figures["server_cores"] * figures["seconds"] / figures["opened"], 2
+        ),
         pace=pace,
         peak_pg=sampler.peak_pg,
         peak_threads=sampler.peak_threads,
@@ -198,18 +210,20 @@ def print_summary(args, cases):
         f"at most {args.connect_concurrency} connecting at once"
     )
     header = ("client, pacing", "streams/s", "all open", "opened", "open p50/p99", "server")
-    header += ("client", "peak PG", "peak threads")
-    widths = (24, 10, 10, 12, 16, 8, 8, 8, 12)
+    header += ("ms/open", "client", "peak PG", "peak threads")
+    widths = (24, 10, 10, 12, 16, 8, 8, 8, 8, 12)
     print("  " + " ".join(f"{h:<{w}}" for h, w in zip(header, widths, strict=True)))
     for case in cases:
         pacing = f"{case['pace']:g}/s" if case["pace"] else "unpaced"
+        against = " against" if case["checkout"] != str(ROOT) else ""
         cells = (
-            f"{case['client']}, {pacing}",
+            f"{case['client']}, {pacing}{against}",
             f"{case['per_second']:.0f}",
             f"{case['seconds']:.2f} s",
             f"{case['opened']}/{args.streams}",
             f"{case['open_p50_ms']}/{case['open_p99_ms']} ms",
             f"{case['server_cores']:.2f}",
+            f"{case['cpu_ms_per_open']:.2f}",
             f"{case['client_cores']:.2f}",
             str(case["peak_pg"]),
             str(case["peak_threads"]),
@@ -217,23 +231,45 @@ def print_summary(args, cases):
         print("  " + " ".join(f"{c:<{w}}" for c, w in zip(cells, widths, strict=True)))
     print(
         "  (bench: open at the `connected` frame plus the replayed event; sse_load: at the "
-        "response head, its connect.time_to_establish_all_s; server and client in cores)"
+        "response head, its connect.time_to_establish_all_s; server and client in cores, "
+        "ms/open: the server's CPU per stream opened)"
     )
+    if args.against:
+        for checkout in (str(ROOT), str(args.against)):
+            rates = [c["per_second"] for c in cases if c["checkout"] == checkout]
+            cpu = [c["cpu_ms_per_open"] for c in cases if c["checkout"] == checkout]
+            row(
+                f"in turns, {checkout}",
+                f"{sum(rates) / len(rates):.0f} streams/s ({min(rates):.0f}-{max(rates):.0f}), "
+                f"{sum(cpu) / len(cpu):.2f} ms of CPU per open",
+            )
     for case in cases:
         if case["first_failure"]:
             row(f"first failure, {case['client']}", case["first_failure"])
 
 
+def planned_cases(args):
+    """``(client, pace, checkout)`` of each case, in order: with ``--against``, this
+    benchmark's client unpaced, the two checkouts taking ``--rounds`` turns (the order
+    reversed each round)."""
+    if args.against:
+        turns = [(ROOT, args.against), (args.against, ROOT)]
+        return [("bench", 0.0, root) for r in range(args.rounds) for root in turns[r % 2]]
+    clients = ["bench", "sse_load"] if args.reference.exists() else ["bench"]
+    paces = (0.0, args.pace) if args.pace else (0.0,)
+    return [
+        (client, pace, ROOT) for pace in paces for client in clients for _ in range(args.rounds)
+    ]
+
+
 async def bench(args, key):
     cases, tallies, problems = [], [], []
-    clients = ["bench", "sse_load"] if args.reference.exists() else ["bench"]
-    for pace in (0.0, args.pace) if args.pace else (0.0,):
-        for client in clients:
-            figures, case_tallies, case_problems = await run_case(args, key, client, pace)
-            cases.append(figures)
-            if case_tallies is not None:
-                tallies.append(case_tallies)
-            problems += case_problems
+    for client, pace, root in planned_cases(args):
+        figures, case_tallies, case_problems = await run_case(args, key, client, pace, root)
+        cases.append(figures)
+        if case_tallies is not None:
+            tallies.append(case_tallies)
+        problems += case_problems
     return cases, tallies, problems
 
 
@@ -246,7 +282,9 @@ def parse_args():
     parser.add_argument("--connect-timeout", type=float, default=60.0)
     parser.add_argument("--drain-timeout", type=float, default=30.0)
     parser.add_argument("--reference", type=Path, default=REFERENCE_CLIENT)
-    return parse_with_workers(parser)
+    return parse_with_workers(
+        parser, rounds=("cases of each kind (with --against: of each checkout)", 5)
+    )
 
 
 def main():

@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
 
 from stream_load import (
     HOST,
@@ -403,22 +402,7 @@ def parse_args():
         choices=ENDPOINTS,
         help="measure only this endpoint (repeatable; default: all three)",
     )
-    parser.add_argument(
-        "--against",
-        type=Path,
-        metavar="CHECKOUT",
-        help="serve this other checkout of the project too, and take turns with it",
-    )
-    parser.add_argument(
-        "--rounds",
-        type=int,
-        help="bursts per server that share --duration (default 1, or 10 with --against)",
-    )
-    args = parse_with_workers(parser)
-    if args.against is not None and not (args.against / "manage.py").is_file():
-        parser.error(f"--against {args.against}: not a checkout of this project")
-    args.rounds = args.rounds or (10 if args.against else 1)
-    return args
+    return parse_with_workers(parser, rounds=("bursts per server that share --duration", 10))
 
 
 def main():

@@ -1310,14 +1310,35 @@ def common_arguments(parser, server="uvicorn", py_spy="profile the server"):
     )
 
 
-def parse_with_workers(parser):
-    """Add ``--workers`` (uvicorn worker processes behind the one port) and parse."""
+def parse_with_workers(parser, rounds=None):
+    """Add ``--workers`` (uvicorn worker processes behind the one port) and parse.
+
+    With ``rounds`` (what a round is, and how many by default), add ``--against
+    CHECKOUT``, another checkout of the project served in turns with this one, and
+    ``--rounds``: on a shared machine whose speed drifts, two commits measured one after
+    the other differ by the drift, and in turns they go through the same moments.
+    """
     parser.add_argument(
         "--workers", type=int, default=1, help="uvicorn worker processes behind the one port"
     )
+    if rounds is not None:
+        what, default = rounds
+        parser.add_argument(
+            "--against",
+            type=Path,
+            metavar="CHECKOUT",
+            help="serve this other checkout of the project too, in turns with this one",
+        )
+        parser.add_argument(
+            "--rounds", type=int, help=f"{what} (default 1, {default} with --against)"
+        )
     args = parser.parse_args()
     if args.workers > 1 and args.server != "uvicorn":
         parser.error("--workers is uvicorn's")
+    if rounds is not None:
+        if args.against is not None and not (args.against / "manage.py").is_file():
+            parser.error(f"--against {args.against}: not a checkout of this project")
+        args.rounds = args.rounds or (default if args.against else 1)
     return args
 
 
