@@ -1338,6 +1338,7 @@ def parse_with_workers(parser, rounds=None):
     if rounds is not None:
         if args.against is not None and not (args.against / "manage.py").is_file():
             parser.error(f"--against {args.against}: not a checkout of this project")
+        args.against = args.against and args.against.resolve()  # the servers' cwd differs
         args.rounds = args.rounds or (default if args.against else 1)
     return args
 
