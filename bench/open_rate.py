@@ -46,6 +46,7 @@ from stream_load import (
     create_fixtures,
     delivery_problems,
     finish,
+    in_turns,
     open_streams,
     parse_with_workers,
     percentile,
@@ -161,7 +162,7 @@ async def open_reference(args, server, path, key, pace):
     return figures, problems
 
 
-async def run_case(args, key, client, pace, root=ROOT):
+async def run_case(args, key, client, pace, root):
     """One case on a fresh server of checkout ``root`` and a fresh execution:
     ``(figures, tallies, problems)``."""
     recorder = await asyncio.to_thread(running_execution)
@@ -253,8 +254,7 @@ def planned_cases(args):
     benchmark's client unpaced, the two checkouts taking ``--rounds`` turns (the order
     reversed each round)."""
     if args.against:
-        turns = [(ROOT, args.against), (args.against, ROOT)]
-        return [("bench", 0.0, root) for r in range(args.rounds) for root in turns[r % 2]]
+        return [("bench", 0.0, root) for root in in_turns([ROOT, args.against], args.rounds)]
     clients = ["bench", "sse_load"] if args.reference.exists() else ["bench"]
     paces = (0.0, args.pace) if args.pace else (0.0,)
     return [

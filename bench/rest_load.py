@@ -53,6 +53,7 @@ from stream_load import (
     create_fixtures,
     describe_server,
     finish,
+    in_turns,
     machine_busy_ticks,
     parse_with_workers,
     proc_cpu_seconds,
@@ -311,9 +312,8 @@ async def measure(args, servers, name, path, key, expected):
             )
     bursts = {server: [] for server in servers}
     seconds = max(args.duration // args.rounds, 1)  # wrk takes whole seconds
-    for turn in range(args.rounds):
-        for server in servers if turn % 2 == 0 else servers[::-1]:
-            bursts[server].append(await burst(args, server, path, key, expected, seconds))
+    for server in in_turns(servers, args.rounds):
+        bursts[server].append(await burst(args, server, path, key, expected, seconds))
     for spy in spies:
         await stop_py_spy(spy)
     return [result_of(name, path, bursts[server]) for server in servers]

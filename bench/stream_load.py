@@ -1198,6 +1198,12 @@ def server_label(name, workers):
     return f"{name} --workers {workers}" if workers > 1 else name
 
 
+def in_turns(items, rounds):
+    """``items`` ``rounds`` times over, the order reversed each round: what two checkouts
+    measured in turns take, so that neither always goes first."""
+    return [item for turn in range(rounds) for item in (items if turn % 2 == 0 else items[::-1])]
+
+
 def describe_server(server):
     return f"{server_label(server.name, server.workers)} (pid {server.pid})"
 
